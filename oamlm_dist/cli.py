@@ -1,0 +1,129 @@
+"""The ``oamlm-dist`` command. Errors a user can cause end as one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from oamlm_dist import __version__
+from oamlm_dist.errors import OamlmError
+
+EXIT_USER_ERROR = 2
+
+
+def _cmd_ingest(args: argparse.Namespace) -> None:
+    from oamlm_dist.ingest import ingest
+
+    reports = ingest(args.store, args.files, skip_bad=args.skip_bad)
+    for report in reports:
+        print(report.line())
+        for problem in report.problems:
+            print(f"  skipped: {problem}")
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    from oamlm_dist.info import store_info
+
+    info = store_info(args.store)
+    if args.json:
+        print(json.dumps(info))
+    else:
+        from oamlm_dist.info import format_info
+
+        print(format_info(info))
+
+
+def _cmd_sample(args: argparse.Namespace) -> None:
+    from oamlm_dist.cluster import get_client
+    from oamlm_dist.sample import MDSettings, sample
+
+    settings = MDSettings(
+        temperature=args.temperature, steps=args.steps, timestep=args.timestep,
+        thermostat=args.thermostat, friction=args.friction, interval=args.interval,
+        seed=args.seed,
+    )
+    calc_params = _parse_params(args.calc_param)
+    with get_client(args.scheduler, n_workers=args.workers) as client:
+        summary = sample(args.store, args.structures, args.calculator, calc_params, settings,
+                         runs=args.runs, client=client)
+    print(json.dumps(summary))
+
+
+def _parse_params(items: list[str] | None) -> dict:
+    """``key=value`` pairs; values parsed as JSON when possible (numbers, booleans)."""
+    params = {}
+    for item in items or []:
+        if "=" not in item:
+            raise OamlmError(f"calculator parameter {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oamlm-dist",
+        description="Dask-distributed active optimisation of atomic structures with "
+        "EMLM/OAMLM force models.",
+    )
+    parser.add_argument("--version", action="version", version=f"oamlm-dist {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="add ASE trajectories with forces to a store")
+    p.add_argument("store")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip frames that fail validation instead of stopping")
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("info", help="show what a store holds")
+    p.add_argument("store")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("sample", help="run MD with a fine calculator on Dask workers")
+    p.add_argument("store")
+    p.add_argument("--calculator", default="xtb", help="xtb (default), gpaw or emt")
+    p.add_argument("--calc-param", action="append", metavar="KEY=VALUE",
+                   help="calculator setting, e.g. method=GFN1-xTB (repeatable)")
+    p.add_argument("--structures", required=True,
+                   help="e.g. rings:4-6,alkanes:2-7 or a structure file")
+    p.add_argument("--temperature", type=float, default=500.0, help="K")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--timestep", type=float, default=1.5, help="fs")
+    p.add_argument("--thermostat", choices=["verlet", "langevin"], default="verlet")
+    p.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
+    p.add_argument("--interval", type=int, default=1, help="store every n-th step")
+    p.add_argument("--runs", type=int, default=1, help="independent runs per structure")
+    p.add_argument("--seed", type=int, default=0)
+    _add_cluster_args(p)
+    p.set_defaults(func=_cmd_sample)
+    return parser
+
+
+def _add_cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", default=None,
+                   help="scheduler address or deploy/*.yaml (default: a local cluster)")
+    p.add_argument("--workers", type=int, default=None, help="local cluster size")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except OamlmError as exc:
+        print(f"oamlm-dist {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"oamlm-dist {args.command}: interrupted; stored results are kept, rerun to "
+              "resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Shared fixtures: small frames with real (EMT) forces and a Dask cluster for stage tests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import molecule
+from ase.calculators.emt import EMT
+
+
+def emt_frames(n: int = 4, name: str = "CH4", seed: int = 0):
+    """Rattled copies of a molecule with EMT energies and forces attached."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        atoms = molecule(name)
+        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
+        atoms.calc = EMT()
+        atoms.get_forces()
+        frames.append(atoms)
+    return frames
+
+
+def tree_checksum(path: str | os.PathLike) -> str:
+    """Checksum of every file (name and bytes) under ``path``: 'unchanged' means equal."""
+    digest = hashlib.sha256()
+    root = Path(path)
+    if not root.exists():
+        return "absent"
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(root)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """A two-worker local cluster shared by the stage tests (starting one costs seconds)."""
+    from distributed import Client
+
+    from oamlm_dist.cluster import local_cluster
+
+    cluster = local_cluster(n_workers=2)
+    client = Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
