@@ -50,6 +50,17 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     print(json.dumps(summary))
 
 
+def _cmd_describe(args: argparse.Namespace) -> None:
+    from oamlm_dist.cluster import get_client
+    from oamlm_dist.describe import describe
+
+    with get_client(args.scheduler, n_workers=args.workers) as client:
+        summary = describe(args.store, args.scheme, args.soap, client,
+                           neighbours=args.neighbours, max_permutations=args.max_permutations,
+                           block_frames=args.block_frames)
+    print(json.dumps(summary))
+
+
 def _parse_params(items: list[str] | None) -> dict:
     """``key=value`` pairs; values parsed as JSON when possible (numbers, booleans)."""
     params = {}
@@ -102,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("describe", help="atom classes, neighbourhoods and SOAP rows per class")
+    p.add_argument("store")
+    p.add_argument("--scheme", choices=["thiolate", "element"], default="thiolate")
+    p.add_argument("--soap", default=None,
+                   help="e.g. r_cut=4,n_max=7,l_max=4,sigma=0.25 (the defaults)")
+    p.add_argument("--neighbours", type=int, default=4, help="M of the element scheme")
+    p.add_argument("--max-permutations", type=int, default=None,
+                   help="element scheme: element-respecting permutations, at most this many")
+    p.add_argument("--block-frames", type=int, default=100, help="frames per Dask task")
+    _add_cluster_args(p)
+    p.set_defaults(func=_cmd_describe)
     return parser
 
 

@@ -17,7 +17,26 @@ def store_info(path: str | os.PathLike) -> dict:
          "source": s.attrs.get("source", {}).get("path") or s.attrs.get("name")}
         for s in store.segments()
     ]
+    info["descriptor_sets"] = descriptor_sets(store)
     return info
+
+
+def descriptor_sets(store: Store) -> list[dict]:
+    """Per descriptor set: settings, rows per class and how many blocks are done."""
+    from oamlm_dist.describe import STAGE, DescriptorSpec, class_row_counts, plan_blocks
+
+    sets = []
+    for name in sorted(store.group("classes").group_keys()):
+        attrs = dict(store.root[f"classes/{name}"].attrs)
+        if "spec" not in attrs:
+            continue
+        spec = DescriptorSpec.from_dict(attrs["spec"])
+        planned = plan_blocks(store, spec.block_frames)
+        sets.append({"name": name, "spec": spec.to_dict(),
+                     "rows": class_row_counts(store, name),
+                     "blocks_done": len(store.done_keys(f"{STAGE}/{name}")),
+                     "blocks_planned": len(planned)})
+    return sets
 
 
 def format_info(info: dict) -> str:
@@ -33,4 +52,13 @@ def format_info(info: dict) -> str:
         state = "complete" if seg["complete"] else "partial"
         lines.append(f"  segment {seg['id']:>4}  {seg['kind']:<7} {seg['frames']:>7} frames  "
                      f"{state:<8} {seg['source'] or ''}")
+    for dset in info["descriptor_sets"]:
+        soap = dset["spec"]["soap"]
+        lines.append(
+            f"classes   {dset['name']}: scheme {dset['spec']['scheme']}, "
+            f"SOAP r_cut={soap['r_cut']} n_max={soap['n_max']} l_max={soap['l_max']} "
+            f"sigma={soap['sigma']}, "
+            f"{dset['blocks_done']}/{dset['blocks_planned']} blocks done")
+        for cls, n in dset["rows"].items():
+            lines.append(f"  {cls:<8}{n:>9} rows")
     return "\n".join(lines)

@@ -7,7 +7,8 @@ Layout (``LAYOUT_VERSION`` 1)::
           numbers (A,) positions (A,3) forces (A,3) [momenta (A,3)]   atom rows, frames concatenated
           natoms (F,) cell (F,3,3) pbc (F,3) energy (F,)             frame rows (NaN: no energy)
           attrs: id, kind, source/run provenance, n_frames, n_atoms (the committed extent)
-      descriptors/<set>/...     per-class rows (environments, SOAP), written block by block
+      classes/<set>/<class>/<block>/  per-class rows (SOAP X, neighbourhoods P, Z, unit force Y,
+                                norm, segment, frame, atom), one group per frame block
       models/<name>/<class>/    trained models
       done/<stage>/<key>        done-markers: a block of a stage is complete iff its marker exists
 
@@ -249,7 +250,7 @@ class Store:
             {"layout_version": LAYOUT_VERSION, "package_version": __version__,
              "created": now_iso(), "kind": "oamlm-dist store"}
         )
-        for name in ("frames", "descriptors", "models", "done"):
+        for name in ("frames", "classes", "models", "done"):
             group.create_group(name)
         return cls(path, group, read_only=False)
 
