@@ -1,0 +1,315 @@
+"""Throughput of the ``describe`` stage on 1, 2 and 4 local Dask workers.
+
+A synthetic 1000-frame gold-thiolate trajectory (rattled Au_n(SCH3)_n rings, n = 5..8, with
+random forces) is written to a fresh store, split into a few segments. For each worker count a
+``local_cluster(n)`` and its Client are started first (start-up reported separately, not timed
+with the stage); then :func:`oamlm_dist.describe.describe` runs on a fresh copy of the store,
+so every run computes the full descriptor set. Peers, measured in the same process and run:
+
+* ``dscribe_create``: ``SOAP(...).create(frames, n_jobs=1)`` on every atom of every frame --
+  the pure DScribe cost;
+* ``describe_frames``: our per-frame path in memory (atom classes, neighbourhoods, SOAP rows),
+  no store and no Dask;
+* ``serial_blocks``: ``describe_block`` called block after block in this process -- the same
+  work as one Dask task each, with the store reads and writes, but no Dask.
+
+Efficiency of ``n`` workers is ``rate_n / (n * rate_peer)``. The project's goal is an
+efficiency of at least 0.9 against the single-process peer for ``n`` up to the core count;
+larger ``n`` oversubscribes the machine and is reported without a goal. Each measurement is
+repeated and the best wall time is used (the machine may be shared: the load average at start
+and end is recorded). The last printed line is one JSON object.
+
+Usage: ``python benchmarks/describe_throughput.py [--frames 1000 --block-frames 25 ...]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+# Serial numerics everywhere: the parallelism is the Dask workers (inherited by them).
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
+
+import numpy as np
+from ase.calculators.singlepoint import SinglePointCalculator
+from distributed import Client, get_task_stream
+
+from oamlm_dist.cluster import local_cluster
+from oamlm_dist.describe import (
+    DescriptorSpec,
+    describe,
+    describe_block,
+    describe_frames,
+    load_class_rows,
+    plan_blocks,
+    prepare_set,
+)
+from oamlm_dist.descriptors import SoapSettings, make_soap
+from oamlm_dist.store import FrameBatch, Store
+from oamlm_dist.structures import gold_thiolate_ring, rattle
+
+SCHEME = "thiolate"
+NEIGHBOURS = 4
+TARGET_EFFICIENCY = 0.9
+
+
+def build_frames(n_frames: int, sizes: range, stdev: float, seed: int) -> list:
+    """Rattled gold-thiolate rings of random size with random forces (eV/Å) and energy."""
+    rng = np.random.default_rng(seed)
+    rings = {n: gold_thiolate_ring(n) for n in sizes}
+    frames = []
+    for i in range(n_frames):
+        atoms = rattle(rings[int(rng.integers(sizes.start, sizes.stop))], stdev, seed + 1 + i)
+        atoms.calc = SinglePointCalculator(atoms, energy=float(rng.normal()),
+                                           forces=rng.normal(0.0, 1.0, size=(len(atoms), 3)))
+        frames.append(atoms)
+    return frames
+
+
+def write_store(path: Path, frames: list, n_segments: int) -> None:
+    """A store holding ``frames`` in ``n_segments`` complete segments, in frame order."""
+    store = Store.create(path)
+    for seg_index, part in enumerate(np.array_split(np.arange(len(frames)), n_segments)):
+        segment = store.new_segment("benchmark", {"source": f"synthetic part {seg_index}"})
+        segment.append(FrameBatch.from_atoms([frames[i] for i in part]))
+        segment.mark_complete()
+
+
+def fresh_copy(template: Path, workdir: Path, label: str) -> Path:
+    target = workdir / label
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(template, target)
+    return target
+
+
+def best_and_median(times: list[float]) -> dict:
+    return {"wall_s": min(times), "wall_s_median": statistics.median(times),
+            "wall_s_all": [round(t, 4) for t in times]}
+
+
+def timed(func, *args, **kwargs) -> tuple[object, float]:
+    start = time.perf_counter()
+    result = func(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def serial_blocks(store_path: Path, spec: DescriptorSpec) -> str:
+    """Every block of the stage through ``describe_block``, one after another, no Dask."""
+    store = Store.open(store_path, mode="a")
+    name = prepare_set(store, spec)
+    for segment, block in plan_blocks(store, spec.block_frames):
+        describe_block(str(store_path), name, segment, block)
+    return name
+
+
+def task_seconds(stream: list[dict]) -> float:
+    """Summed compute time of the describe tasks in a task-stream record."""
+    return sum(part["stop"] - part["start"] for task in stream
+               if str(task.get("key", "")).startswith("describe-")
+               for part in task.get("startstops", ()) if part.get("action") == "compute")
+
+
+def warm_worker() -> int:
+    """Import what a describe task needs, so start-up is not charged to the first block."""
+    import oamlm_dist.describe  # noqa: F401
+
+    return os.getpid()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=1000)
+    parser.add_argument("--segments", type=int, default=4)
+    parser.add_argument("--block-frames", type=int, default=25)
+    parser.add_argument("--workers", default="1,2,4", help="comma-separated worker counts")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--stdev", type=float, default=0.05, help="rattle amplitude (Å)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    worker_counts = [int(n) for n in args.workers.split(",")]
+    cpu_count = os.cpu_count() or 1
+    load_start = os.getloadavg()
+    t_begin = time.perf_counter()
+
+    sizes = range(5, 9)
+    frames, t_build = timed(build_frames, args.frames, sizes, args.stdev, args.seed)
+    n_atoms = sum(len(a) for a in frames)
+    workdir = Path(tempfile.mkdtemp(prefix="describe-throughput-"))
+    try:
+        template = workdir / "template"
+        write_store(template, frames, args.segments)
+        store = Store.open(template)
+        species = tuple(store.elements())
+        # What describe() builds from the store: default SOAP settings, species from the store.
+        settings = replace(SoapSettings(), species=species)
+        spec = DescriptorSpec(SCHEME, settings, NEIGHBOURS, None, args.block_frames)
+        n_blocks = len(plan_blocks(store, args.block_frames))
+        soap = make_soap(settings)
+        print(f"{args.frames} frames, {n_atoms} atoms (rows), {args.segments} segments, "
+              f"{n_blocks} blocks of {args.block_frames} frames; species {'+'.join(species)}, "
+              f"{soap.get_number_of_features()} SOAP features; built in {t_build:.1f} s")
+        print(f"cpu_count {cpu_count}, load average at start {load_start}")
+
+        def run_peers(times: dict[str, list[float]], keep_rows: bool) -> dict | None:
+            kept = None
+            for _ in range(args.repeats):
+                X, t = timed(soap.create, frames, n_jobs=1)
+                assert sum(len(x) for x in X) == n_atoms
+                del X
+                times["dscribe_create"].append(t)
+                rows, t = timed(describe_frames, frames, spec)
+                assert sum(len(r["atom"]) for r in rows.values()) == n_atoms
+                if keep_rows and kept is None:
+                    kept = rows
+                del rows
+                times["describe_frames"].append(t)
+                path = fresh_copy(template, workdir, "serial")
+                _, t = timed(serial_blocks, path, spec)
+                times["serial_blocks"].append(t)
+                shutil.rmtree(path)
+            return kept
+
+        peer_times: dict[str, list[float]] = {k: [] for k in
+                                              ("dscribe_create", "describe_frames",
+                                               "serial_blocks")}
+        reference_rows = run_peers(peer_times, keep_rows=True)
+        for key, times in peer_times.items():
+            print(f"peer {key:16s} best {min(times):7.2f} s  "
+                  f"{n_atoms / min(times):9.0f} rows/s  (runs {[round(t, 2) for t in times]})")
+
+        results = {}
+        rows_check = None
+        for n in worker_counts:
+            t0 = time.perf_counter()
+            cluster = local_cluster(n)
+            client = Client(cluster)
+            client.wait_for_workers(n)
+            t_start = time.perf_counter() - t0
+            _, t_warm = timed(client.run, warm_worker)
+            walls, busy = [], []
+            try:
+                for repeat in range(args.repeats):
+                    path = fresh_copy(template, workdir, f"w{n}-r{repeat}")
+                    # The stage's progress bar is part of the cost; its text is not shown.
+                    with (contextlib.redirect_stdout(io.StringIO()),
+                          get_task_stream(client) as stream):
+                        summary, t = timed(describe, path, SCHEME, settings, client,
+                                           neighbours=NEIGHBOURS,
+                                           block_frames=args.block_frames)
+                    walls.append(t)
+                    busy.append(task_seconds(stream.data))
+                    if sum(summary["rows"].values()) != n_atoms:
+                        raise RuntimeError(f"describe wrote {summary['rows']} rows, "
+                                           f"expected {n_atoms}")
+                    if summary["set"] != spec.name:
+                        raise RuntimeError("describe built another descriptor set than the "
+                                           "peers")
+                    if rows_check is None:
+                        stored = Store.open(path)
+                        diffs = [float(np.max(np.abs(
+                            load_class_rows(stored, summary["set"], cls, ("X",))["X"]
+                            - reference_rows[cls]["X"]))) for cls in reference_rows]
+                        rows_check = max(diffs)
+                        reference_rows = None
+                    shutil.rmtree(path)
+            finally:
+                client.close()
+                cluster.close()
+            best = int(np.argmin(walls))
+            results[n] = {"cluster_start_s": t_start, "worker_warmup_s": t_warm,
+                          "task_s": busy[best], **best_and_median(walls)}
+            print(f"{n} worker(s): start-up {t_start:.2f} s (+{t_warm:.2f} s imports), "
+                  f"describe best {min(walls):.2f} s, {n_atoms / min(walls):.0f} rows/s "
+                  f"(runs {[round(t, 2) for t in walls]})")
+
+        # Peers again after the Dask runs, so load drift affects both sides alike.
+        run_peers(peer_times, keep_rows=False)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    peers = {}
+    for key, times in peer_times.items():
+        peers[key] = {**best_and_median(times), "rows_per_s": n_atoms / min(times)}
+    print("peers after the Dask runs: " + ", ".join(
+        f"{k} {[round(t, 2) for t in v[args.repeats:]]} s" for k, v in peer_times.items()))
+
+    workers_json = {}
+    for n, res in results.items():
+        rate = n_atoms / res["wall_s"]
+        entry = {
+            "cluster_start_s": round(res["cluster_start_s"], 3),
+            "worker_warmup_s": round(res["worker_warmup_s"], 3),
+            "wall_s": round(res["wall_s"], 4),
+            "wall_s_median": round(res["wall_s_median"], 4),
+            "wall_s_all": res["wall_s_all"],
+            "rows_per_s": round(rate, 1),
+            # Summed time inside the tasks, and its share of n workers x wall: the rest is
+            # Dask (scheduling, transfers, idle tail) and the client's submit/gather.
+            "task_compute_s": round(res["task_s"], 4),
+            "worker_busy_fraction": round(res["task_s"] / (n * res["wall_s"]), 3),
+            "oversubscribed": n > cpu_count,
+            "goal_applies": n <= cpu_count,
+        }
+        for key in peers:
+            entry[f"efficiency_vs_{key}"] = round(rate / (n * peers[key]["rows_per_s"]), 3)
+        workers_json[str(n)] = entry
+        print(f"{n} worker(s): {rate:9.0f} rows/s; efficiency vs dscribe_create "
+              f"{entry['efficiency_vs_dscribe_create']:.2f}, vs describe_frames "
+              f"{entry['efficiency_vs_describe_frames']:.2f}, vs serial_blocks "
+              f"{entry['efficiency_vs_serial_blocks']:.2f}; tasks busy "
+              f"{entry['worker_busy_fraction']:.2f} of {n} x wall"
+              + ("  (oversubscribed)" if n > cpu_count else ""))
+
+    in_goal = [w for n, w in zip(results, workers_json.values(), strict=True) if n <= cpu_count]
+    goal = {"target_efficiency": TARGET_EFFICIENCY, "applies_to_workers_up_to": cpu_count}
+    for key in peers:
+        goal[f"met_vs_{key}"] = bool(in_goal) and all(
+            w[f"efficiency_vs_{key}"] >= TARGET_EFFICIENCY for w in in_goal)
+    load_end = os.getloadavg()
+    total = time.perf_counter() - t_begin
+    print(f"stored rows vs in-process rows: max |dX| = {rows_check}; load average at end "
+          f"{load_end}; total {total:.0f} s")
+
+    report = {
+        "benchmark": "describe_throughput",
+        "frames": args.frames,
+        "frames_reduced": args.frames < 1000,
+        "structures": f"rattled Au_n(SCH3)_n rings, n={sizes.start}..{sizes.stop - 1}, "
+                      f"stdev {args.stdev} Å, random forces",
+        "rows": n_atoms,
+        "segments": args.segments,
+        "block_frames": args.block_frames,
+        "blocks": n_blocks,
+        "scheme": SCHEME,
+        "soap": settings.to_dict(),
+        "n_features": soap.get_number_of_features(),
+        "repeats": args.repeats,
+        "statistic": "best wall time of the repeats (peers: before and after the Dask runs)",
+        "cpu_count": cpu_count,
+        "loadavg_start": [round(x, 2) for x in load_start],
+        "loadavg_end": [round(x, 2) for x in load_end],
+        "peers": {k: {"wall_s": round(v["wall_s"], 4),
+                      "wall_s_median": round(v["wall_s_median"], 4),
+                      "wall_s_all": v["wall_s_all"], "rows_per_s": round(v["rows_per_s"], 1)}
+                  for k, v in peers.items()},
+        "workers": workers_json,
+        "goal": goal,
+        "stored_rows_max_abs_diff_vs_in_process": rows_check,
+        "total_runtime_s": round(total, 1),
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
