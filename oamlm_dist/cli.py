@@ -61,6 +61,36 @@ def _cmd_describe(args: argparse.Namespace) -> None:
     print(json.dumps(summary))
 
 
+def _cmd_fit(args: argparse.Namespace) -> None:
+    from oamlm_dist.cluster import get_client
+    from oamlm_dist.training import FitSettings, fit, update
+
+    with get_client(args.scheduler, n_workers=args.workers) as client:
+        if args.update:
+            summary = update(args.store, args.model, client, new_weight=args.new_weight)
+        else:
+            settings = FitSettings(
+                references=args.references, robust_epsilon=args.robust, seed=args.seed,
+                pool_size=args.pool_size, method=args.loss, accept=args.accept,
+                frames=args.frames)
+            summary = fit(args.store, args.model, client, settings, classes=args.classes,
+                          descriptor_set=args.set)
+    print(json.dumps(summary))
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from oamlm_dist.cluster import get_client
+    from oamlm_dist.evaluate import evaluate, format_report
+
+    with get_client(args.scheduler, n_workers=args.workers) as client:
+        report = evaluate(args.store, args.model, args.test, client, method=args.loss,
+                          plots=args.plots)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=1)
+    print(format_report(report))
+
+
 def _parse_params(items: list[str] | None) -> dict:
     """``key=value`` pairs; values parsed as JSON when possible (numbers, booleans)."""
     params = {}
@@ -125,6 +155,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-frames", type=int, default=100, help="frames per Dask task")
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_describe)
+
+    p = sub.add_parser("fit", help="train EMLM norms and OAMLM directions per class")
+    p.add_argument("store")
+    p.add_argument("--model", required=True, help="model name (models/NAME in the store)")
+    p.add_argument("--references", type=int, default=2500, help="K per class")
+    p.add_argument("--robust", type=float, default=None, metavar="EPS",
+                   help="Huber-robust directions with this epsilon in [1, 2]")
+    p.add_argument("--classes", nargs="+", default=None, help="only these classes")
+    p.add_argument("--frames", default=None,
+                   help="training segments: ids, a-b, name:GLOB, kind:KIND, ~ excludes")
+    p.add_argument("--loss", choices=["analytic", "exact", "sqp"], default="analytic",
+                   help="default direction loss of the model")
+    p.add_argument("--accept", action="store_true",
+                   help="use only references with g_j - d_g,j <= 0 when predicting")
+    p.add_argument("--seed", type=int, default=0, help="RS-maximin random start")
+    p.add_argument("--pool-size", type=int, default=None, help="RS-maximin candidate pool")
+    p.add_argument("--set", default=None, help="descriptor set (default: the newest)")
+    p.add_argument("--update", action="store_true",
+                   help="add newly described frames to an existing model")
+    p.add_argument("--new-weight", type=float, default=1.0,
+                   help="with --update: weight of the new rows")
+    _add_cluster_args(p)
+    p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser("evaluate", help="force errors of a model on test trajectories")
+    p.add_argument("store")
+    p.add_argument("--model", required=True)
+    p.add_argument("--test", nargs="+", required=True, help="trajectories with forces")
+    p.add_argument("--loss", choices=["analytic", "exact", "sqp"], default=None,
+                   help="direction loss (default: the model's)")
+    p.add_argument("--json", default=None, help="write the full report here")
+    p.add_argument("--plots", default=None, help="directory for the per-class plots")
+    _add_cluster_args(p)
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 

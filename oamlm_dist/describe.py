@@ -73,7 +73,7 @@ def describe_frames(frames: list[Atoms], spec: DescriptorSpec,
             continue
         X_all = soap_rows(soap, atoms, centres)
         row_of = {int(atom): row for row, atom in enumerate(centres)}
-        forces = atoms.get_forces()
+        forces = _forces_or_nan(atoms)
         for cls, env in environments.items():
             if len(env.atom) == 0:
                 continue
@@ -90,6 +90,13 @@ def describe_frames(frames: list[Atoms], spec: DescriptorSpec,
             })
     return {cls: {f: np.concatenate([p[f] for p in rows]) for f in ROW_FIELDS}
             for cls, rows in parts.items()}
+
+
+def _forces_or_nan(atoms: Atoms) -> np.ndarray:
+    """Reference forces when the frame has them; NaN rows for structures to predict."""
+    if atoms.calc is not None and "forces" in atoms.calc.results:
+        return np.asarray(atoms.calc.results["forces"], dtype=float)
+    return np.full((len(atoms), 3), np.nan)
 
 
 def block_key(segment: int, block: int) -> str:

@@ -1,0 +1,158 @@
+"""One atom class's force model: scaler, references, EMLM norms and OAMLM directions.
+
+This is the unit that training writes and the force field reads: everything needed to turn
+a class's raw rows (SOAP ``X``, neighbourhood ``P``/``Z``) into force vectors, stored as the
+arrays and attributes of one Zarr group ``models/<name>/<class>/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from oamlm_dist.align import NO_MATCH, align_block, align_core_au_block
+from oamlm_dist.descriptors import MinMaxScaler
+from oamlm_dist.models.emlm import EMLM
+from oamlm_dist.models.oamlm import OAMLM, predict_directions
+
+#: Goodness given to a pair that no permutation could match (alignment returned +inf):
+#: far beyond any real misfit (Å), so its weight exp(-(g/σ2)²) vanishes, yet finite for
+#: the regressions.
+UNMATCHED_G = 10.0
+CORE_CLASS = "Au_core"
+
+
+def class_metric(class_name: str) -> str:
+    """Alignment goodness per class: eq. 13 (g') for core Au, eq. 12 (g) otherwise."""
+    return "g_prime" if class_name == CORE_CLASS else "g"
+
+
+@dataclass
+class References:
+    """The K reference environments of a class (rows picked by RS-maximin)."""
+
+    Q: np.ndarray  # (K, d) scaled descriptors
+    S: np.ndarray  # (K, M, 3) neighbourhoods
+    SZ: np.ndarray  # (K, M) neighbour atomic numbers
+    T: np.ndarray  # (K, 3) unit forces
+    perms: np.ndarray  # (n_perm, M) permutation table of the class
+    perm_mask: np.ndarray | None = None  # (K, n_perm) allowed permutations per reference
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {"Q": self.Q, "S": self.S, "SZ": self.SZ, "T": self.T, "perms": self.perms}
+        if self.perm_mask is not None:
+            arrays["perm_mask"] = self.perm_mask
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> References:
+        return cls(Q=arrays["Q"], S=arrays["S"], SZ=arrays["SZ"], T=arrays["T"],
+                   perms=arrays["perms"], perm_mask=arrays.get("perm_mask"))
+
+
+def align_to_references(class_name: str, P: np.ndarray, Z: np.ndarray, refs: References
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rotations (n, K, 3, 3), goodness (n, K) with unmatched pairs at ``UNMATCHED_G``, and
+    a (n, K) mask of matched pairs."""
+    if class_name == CORE_CLASS:
+        R, g, choice = align_core_au_block(P, Z, refs.S, refs.SZ)
+        matched = choice[..., 0] != NO_MATCH
+    else:
+        R, g, perm = align_block(P, Z, refs.S, refs.SZ, refs.perms,
+                                 metric=class_metric(class_name), perm_mask=refs.perm_mask)
+        matched = perm != NO_MATCH
+    g = np.where(matched, g, UNMATCHED_G)
+    return R, g, matched
+
+
+def cosine_targets(Y: np.ndarray, R: np.ndarray, T: np.ndarray, matched: np.ndarray
+                   ) -> np.ndarray:
+    """``D_c[i, j] = y_i · (R_ij t_j)``; 0 for unmatched pairs (no orientation known)."""
+    D_c = np.einsum("ia,ijab,jb->ij", Y, R, T)
+    return np.where(matched, D_c, 0.0)
+
+
+@dataclass
+class ClassModel:
+    """A trained model of one class. ``predict`` maps raw rows to forces."""
+
+    name: str
+    scaler: MinMaxScaler
+    refs: References
+    emlm: EMLM
+    oamlm: OAMLM
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, X: np.ndarray, P: np.ndarray, Z: np.ndarray, *, method: str | None = None,
+                block: int = 256) -> dict[str, np.ndarray]:
+        """Forces and diagnostics for raw rows (in blocks, to bound the (n, K, 3, 3) rotations).
+
+        Returns ``forces`` (n, 3), ``norm`` (n,), ``direction`` (n, 3), ``spread`` (n,) in
+        [0, 1] (1 − |Σ ω d_c r| / Σ ω |d_c|: 0 when every weighted reference votes for the
+        same direction) and ``min_g`` (n,), the best alignment goodness (Å): how far the
+        neighbourhood is from every reference geometry.
+        """
+        out = {k: [] for k in ("norm", "direction", "spread", "min_g")}
+        method = method or self.oamlm.method
+        for start in range(0, len(X), block):
+            sl = slice(start, start + block)
+            Xs = self.scaler.transform(np.asarray(X[sl], dtype=np.float64))
+            R, g, _ = align_to_references(self.name, P[sl], Z[sl], self.refs)
+            d_c, d_g = self.oamlm.predict_outputs(Xs)
+            r = self.oamlm.rotate_references(R)
+            v0 = _towards_nearest(P[sl]) if method == "sqp" else None
+            direction = predict_directions(
+                d_c, r, g, method=method, sigma1=self.oamlm.sigma1, sigma2=self.oamlm.sigma2,
+                d_g=d_g if self.oamlm.accept else None, v0=v0)
+            out["norm"].append(np.maximum(self.emlm.predict(Xs), 0.0))
+            out["direction"].append(direction)
+            out["spread"].append(_vote_spread(d_c, r, g, self.oamlm.sigma2))
+            out["min_g"].append(g.min(axis=1))
+        result = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
+        if not len(X):
+            result["direction"] = np.zeros((0, 3))
+        result["forces"] = result["norm"][:, None] * result["direction"]
+        return result
+
+    # ---- storage ----------------------------------------------------------------------------
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays = {f"ref_{k}": v for k, v in self.refs.to_arrays().items()}
+        arrays.update({f"scaler_{k}": v for k, v in self.scaler.to_arrays().items()})
+        emlm_arrays, emlm_settings = self.emlm.to_arrays()
+        oamlm_arrays, oamlm_settings = self.oamlm.to_arrays()
+        arrays.update({f"emlm_{k}": v for k, v in emlm_arrays.items() if k != "Q"})
+        arrays.update({f"oamlm_{k}": v for k, v in oamlm_arrays.items()
+                       if k not in ("Q", "T", "S")})
+        attrs = {"class": self.name, "emlm": emlm_settings, "oamlm": oamlm_settings,
+                 **self.attrs}
+        return arrays, attrs
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> ClassModel:
+        def prefixed(prefix: str) -> dict[str, np.ndarray]:
+            return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+        refs = References.from_arrays(prefixed("ref_"))
+        emlm = EMLM.from_arrays({"Q": refs.Q, **prefixed("emlm_")}, attrs["emlm"])
+        oamlm = OAMLM.from_arrays({"Q": refs.Q, "T": refs.T, **prefixed("oamlm_")},
+                                  attrs["oamlm"])
+        extra = {k: v for k, v in attrs.items() if k not in ("class", "emlm", "oamlm")}
+        return cls(name=attrs["class"], scaler=MinMaxScaler.from_arrays(prefixed("scaler_")),
+                   refs=refs, emlm=emlm, oamlm=oamlm, attrs=extra)
+
+
+def _towards_nearest(P: np.ndarray) -> np.ndarray:
+    """Unit vector from the centre to its nearest neighbour (seed 001's SQP start)."""
+    distances = np.linalg.norm(np.nan_to_num(P, nan=np.inf), axis=2)
+    nearest = P[np.arange(len(P)), np.argmin(distances, axis=1)]
+    return nearest / np.linalg.norm(nearest, axis=1, keepdims=True)
+
+
+def _vote_spread(d_c: np.ndarray, r: np.ndarray, g: np.ndarray, sigma2: float) -> np.ndarray:
+    omega = np.exp(-((g - g.min(axis=1, keepdims=True)) / sigma2) ** 2)
+    resultant = np.linalg.norm(np.einsum("ij,ij,ija->ia", omega, d_c, r), axis=1)
+    total = np.einsum("ij,ij->i", omega, np.abs(d_c))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.clip(np.where(total > 0, 1.0 - resultant / total, 1.0), 0.0, 1.0)
