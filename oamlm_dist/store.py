@@ -238,7 +238,7 @@ class Store:
     @classmethod
     def create(cls, path: str | os.PathLike, exist_ok: bool = True) -> Store:
         """Create a new store (or open an existing one when ``exist_ok``)."""
-        path = Path(path)
+        path = Path(os.path.abspath(path))
         if (path / "zarr.json").exists():
             if not exist_ok:
                 raise StoreError(f"{path}: a store already exists here")
@@ -257,7 +257,7 @@ class Store:
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r") -> Store:
         """Open an existing store; ``mode`` is ``"r"`` (read-only) or ``"a"``."""
-        path = Path(path)
+        path = Path(os.path.abspath(path))
         if not (path / "zarr.json").exists():
             raise StoreError(f"{path}: no oamlm-dist store here (create one with `ingest` or "
                              "`sample`)")
