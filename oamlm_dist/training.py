@@ -123,26 +123,64 @@ def choose_references(store: Store, set_name: str, spec: DescriptorSpec, class_n
                       blocks: list[str], settings: FitSettings) -> tuple[MinMaxScaler,
                                                                          References, list]:
     """Scaler fitted on the training rows, and K references picked by RS-maximin."""
-    fields = ("X", "P", "Z", "Y")
-    parts = [_block_rows(store, set_name, class_name, key, fields) for key in blocks]
-    X = np.concatenate([p["X"] for p in parts])
+    parts = [_block_rows(store, set_name, class_name, key, ("X", "P", "Z", "Y"))
+             for key in blocks]
+    rows = {f: np.concatenate([p[f] for p in parts]) for f in ("X", "P", "Z", "Y")}
+    perms = store.group(f"classes/{set_name}/{class_name}")["permutations"][:]
+    scaler, refs, picked = references_from_rows(rows, perms, spec, settings)
+    offsets = np.cumsum([0] + [len(p["X"]) for p in parts])
+    where = np.searchsorted(offsets, picked, side="right") - 1
+    origin = [[blocks[int(b)], int(r - offsets[b])] for b, r in zip(where, picked, strict=True)]
+    return scaler, refs, origin
+
+
+def references_from_rows(rows: dict[str, np.ndarray], perms: np.ndarray, spec: DescriptorSpec,
+                         settings: FitSettings) -> tuple[MinMaxScaler, References, np.ndarray]:
+    """Scaler fitted on ``rows`` and K of them picked by RS-maximin as references."""
+    X = rows["X"]
     scaler = MinMaxScaler().fit(X)
     k = min(settings.references, len(X))
     picked = rs_maximin(X, k, seed=settings.seed, pool_size=settings.pool_size,
                         transform=scaler.transform)
-    # Reference rows are kept in a canonical (row) order: the model does not depend on the
-    # order RS-maximin found them in.
+    # Reference rows are kept in row order: the model does not depend on the order
+    # RS-maximin found them in.
     picked = np.sort(picked)
-    rows = {f: np.concatenate([p[f] for p in parts])[picked] for f in ("P", "Z", "Y")}
-    perms = store.group(f"classes/{set_name}/{class_name}")["permutations"][:]
-    mask = (permutation_mask(rows["Z"], perms, spec.max_permutations)
-            if spec.scheme == "element" else None)
-    refs = References(Q=scaler.transform(X[picked].astype(np.float64)), S=rows["P"],
-                      SZ=rows["Z"], T=rows["Y"], perms=perms.astype(np.int64), perm_mask=mask)
-    offsets = np.cumsum([0] + [len(p["X"]) for p in parts])
-    origin = [[blocks[int(np.searchsorted(offsets, r, side="right") - 1)],
-               int(r - offsets[np.searchsorted(offsets, r, side="right") - 1])] for r in picked]
-    return scaler, refs, origin
+    Z = rows["Z"][picked]
+    mask = permutation_mask(Z, perms, spec.max_permutations) if spec.scheme == "element" else None
+    refs = References(Q=scaler.transform(X[picked].astype(np.float64)), S=rows["P"][picked],
+                      SZ=Z, T=rows["Y"][picked], perms=np.asarray(perms, dtype=np.int64),
+                      perm_mask=mask)
+    return scaler, refs, picked
+
+
+def training_matrices(cm: ClassModel, rows: dict[str, np.ndarray]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """D_in, D_c and D_g of rows against the class model's references."""
+    D_in = input_distances(cm.scaler.transform(rows["X"].astype(np.float64)), cm.refs.Q)
+    R, g, matched = align_to_references(cm.name, rows["P"], rows["Z"], cm.refs)
+    return D_in, cosine_targets(rows["Y"], R, cm.refs.T, matched), g
+
+
+def equations_of(D_in: np.ndarray, D_c: np.ndarray, D_g: np.ndarray, norm: np.ndarray,
+                 weights: np.ndarray | None = None) -> NormalEquations:
+    """Normal equations of D_in against the outputs [norm | D_c | D_g]."""
+    return NormalEquations.from_block(D_in, np.column_stack([norm, D_c, D_g]), weights)
+
+
+def solve_class_model(cm: ClassModel, equations: NormalEquations, settings: dict,
+                      robust: dict | None = None) -> ClassModel:
+    """EMLM and OAMLM solved from summed equations (robust B and intercepts if given)."""
+    K = cm.refs.Q.shape[0]
+    emlm = EMLM.from_normal_equations(cm.refs.Q, select_outputs(equations, slice(0, 1)),
+                                      beta=settings["beta"])
+    oamlm = OAMLM.from_normal_equations(
+        cm.refs.Q, cm.refs.T, select_outputs(equations, slice(1, 1 + 2 * K)),
+        beta=settings["beta"], method=settings["method"], sigma1=settings["sigma1"],
+        sigma2=cm.oamlm.sigma2, accept=settings["accept"])
+    if robust is not None:
+        oamlm = replace(oamlm, B_c=robust["B_c"], c_c=robust["c_c"], B_g=robust["B_g"],
+                        c_g=robust["c_g"], robust_epsilon=settings["robust_epsilon"])
+    return replace(cm, emlm=emlm, oamlm=oamlm)
 
 
 def load_class_model(store: Store, model: str, class_name: str) -> ClassModel:
@@ -165,24 +203,21 @@ def compute_block(store_path: str, model: str, class_name: str, key: str) -> dic
     set_name = store.root[f"models/{model}"].attrs["descriptor_set"]
     cm = load_class_model(store, model, class_name)
     rows = _block_rows(store, set_name, class_name, key, ("X", "P", "Z", "Y", "norm"))
-    D_in = input_distances(cm.scaler.transform(rows["X"].astype(np.float64)), cm.refs.Q)
-    R, g, matched = align_to_references(class_name, rows["P"], rows["Z"], cm.refs)
-    D_c = cosine_targets(rows["Y"], R, cm.refs.T, matched)
+    D_in, D_c, D_g = training_matrices(cm, rows)
     group = store.group(f"models/{model}/{class_name}/train", create=True).create_group(
         key, overwrite=True)
-    write_arrays(group, {"D_in": D_in, "D_c": D_c, "D_g": g, "norm": rows["norm"]})
+    write_arrays(group, {"D_in": D_in, "D_c": D_c, "D_g": D_g, "norm": rows["norm"]})
     store.mark_done(f"{FIT_STAGE}/{model}/{class_name}", key, {"rows": len(D_in)})
     return {"key": key, "rows": len(D_in), "wall_s": time.perf_counter() - start}
 
 
 def block_equations(store_path: str, model: str, class_name: str, key: str,
                     weight: float = 1.0) -> NormalEquations:
-    """Dask task: normal equations of one stored training block, outputs [norm|D_c|D_g]."""
+    """Dask task: normal equations of one stored training block."""
     group = Store.open(store_path).group(f"models/{model}/{class_name}/train/{key}")
     D_in = group["D_in"][:]
-    outputs = np.column_stack([group["norm"][:], group["D_c"][:], group["D_g"][:]])
     weights = None if weight == 1.0 else np.full(len(D_in), weight)
-    return NormalEquations.from_block(D_in, outputs, weights)
+    return equations_of(D_in, group["D_c"][:], group["D_g"][:], group["norm"][:], weights)
 
 
 def merge_equations(*parts: NormalEquations) -> NormalEquations:
@@ -214,19 +249,9 @@ def solve_class(store_path: str, model: str, class_name: str, equations: NormalE
     """Dask task: solve EMLM and OAMLM from the summed equations and store the model."""
     store = Store.open(store_path, mode="a")
     group = store.group(f"models/{model}/{class_name}")
-    cm = load_class_model(store, model, class_name)
     settings = store.root[f"models/{model}"].attrs["settings"]
-    K = cm.refs.Q.shape[0]
-    norm_eqs = select_outputs(equations, slice(0, 1))
-    emlm = EMLM.from_normal_equations(cm.refs.Q, norm_eqs, beta=settings["beta"])
-    oamlm = OAMLM.from_normal_equations(
-        cm.refs.Q, cm.refs.T, select_outputs(equations, slice(1, 1 + 2 * K)),
-        beta=settings["beta"], method=settings["method"], sigma1=settings["sigma1"],
-        sigma2=cm.oamlm.sigma2, accept=settings["accept"])
-    if robust is not None:
-        oamlm = replace(oamlm, B_c=robust["B_c"], c_c=robust["c_c"], B_g=robust["B_g"],
-                        c_g=robust["c_g"], robust_epsilon=settings["robust_epsilon"])
-    cm = replace(cm, emlm=emlm, oamlm=oamlm)
+    cm = solve_class_model(load_class_model(store, model, class_name), equations, settings,
+                           robust)
     arrays, attrs = cm.to_arrays()
     write_arrays(group, arrays)
     write_arrays(group.require_group("equations"), equations.to_arrays())
@@ -234,7 +259,8 @@ def solve_class(store_path: str, model: str, class_name: str, equations: NormalE
     # Written last: the equations above include exactly these blocks.
     attrs["trained_blocks"] = blocks
     group.attrs.update(attrs)
-    return {"class": class_name, "references": K, "rows": int(equations.n_rows)}
+    return {"class": class_name, "references": cm.refs.Q.shape[0],
+            "rows": int(equations.n_rows)}
 
 
 def select_outputs(equations: NormalEquations, columns: slice) -> NormalEquations:
