@@ -91,6 +91,37 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     print(format_report(report))
 
 
+def _cmd_optimize(args: argparse.Namespace) -> None:
+    from oamlm_dist.cluster import get_client
+    from oamlm_dist.optimize.hybrid import HybridSettings
+    from oamlm_dist.optimize.run import optimize
+
+    settings = HybridSettings(fmax=args.fmax, max_fine=args.max_fine, ml_maxstep=args.maxstep)
+    with get_client(args.scheduler, n_workers=args.workers) as client:
+        results = optimize(args.structures, args.store, client, args.calculator,
+                           _parse_params(args.calc_param), settings, model=args.model,
+                           scheme=args.scheme, out_dir=args.out)
+    keys = ("converged", "fine_calls", "ml_calls", "energy", "fmax", "wall_s", "trajectory")
+    lines = [{k: r[k] for k in ("name", *keys)} | {"stopped": r["stopped"]} for r in results]
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=1)
+    if len(results) == 1:
+        print(json.dumps({k: results[0][k] for k in keys}))
+    else:
+        for line in lines:
+            print(json.dumps(line))
+        print(json.dumps({"converged": all(r["converged"] for r in results),
+                          "fine_calls": sum(r["fine_calls"] for r in results),
+                          "ml_calls": sum(r["ml_calls"] for r in results),
+                          "structures": len(results),
+                          "wall_s": max(r["wall_s"] for r in results)}))
+    if not all(r["converged"] for r in results):
+        for r in results:
+            if r["stopped"]:
+                print(f"oamlm-dist optimize: {r['name']}: {r['stopped']}", file=sys.stderr)
+
+
 def _parse_params(items: list[str] | None) -> dict:
     """``key=value`` pairs; values parsed as JSON when possible (numbers, booleans)."""
     params = {}
@@ -189,6 +220,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", default=None, help="directory for the per-class plots")
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("optimize", help="hybrid ML/fine relaxation of structures")
+    p.add_argument("structures", nargs="+", help="structure files (the last frame is used)")
+    p.add_argument("--store", required=True, help="store for fine results (created if missing)")
+    p.add_argument("--model", default=None, help="pre-trained model (default: cold start)")
+    p.add_argument("--calculator", default="xtb", help="xtb (default), gpaw or emt")
+    p.add_argument("--calc-param", action="append", metavar="KEY=VALUE")
+    p.add_argument("--fmax", type=float, default=0.05, help="eV/Å, on fine forces")
+    p.add_argument("--max-fine", type=int, default=100, help="fine-call budget per structure")
+    p.add_argument("--maxstep", type=float, default=0.1, help="ML-BFGS step cap (Å)")
+    p.add_argument("--scheme", choices=["thiolate", "element"], default=None,
+                   help="cold start: atom-class scheme (default from the elements)")
+    p.add_argument("--out", default=".", help="directory for trajectories and final frames")
+    p.add_argument("--json", default=None, help="write all results here")
+    _add_cluster_args(p)
+    p.set_defaults(func=_cmd_optimize)
     return parser
 
 

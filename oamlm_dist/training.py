@@ -273,7 +273,7 @@ def select_outputs(equations: NormalEquations, columns: slice) -> NormalEquation
     return NormalEquations.from_arrays(arrays)
 
 
-def _initial_class_model(class_name: str, scaler: MinMaxScaler, refs: References,
+def initial_class_model(class_name: str, scaler: MinMaxScaler, refs: References,
                          settings: FitSettings) -> ClassModel:
     """A model with zero weights: carries references and scaler until the solve."""
     K = refs.Q.shape[0]
@@ -337,7 +337,7 @@ def fit(store_path: str | os.PathLike, model: str, client, settings: FitSettings
         if class_path not in store.root or "ref_Q" not in store.root[class_path]:
             scaler, refs, origin = choose_references(store, set_name, spec, class_name, blocks,
                                                      settings)
-            cm = _initial_class_model(class_name, scaler, refs, settings)
+            cm = initial_class_model(class_name, scaler, refs, settings)
             arrays, attrs = cm.to_arrays()
             class_group = store.group(class_path, create=True)
             write_arrays(class_group, arrays)

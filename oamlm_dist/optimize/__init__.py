@@ -1,0 +1,1 @@
+"""ML-BFGS on the force field and the hybrid ML/fine optimiser."""

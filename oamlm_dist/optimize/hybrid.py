@@ -1,0 +1,369 @@
+"""Hybrid optimisation: ML-BFGS rounds ("coarse") between fine single points ("fine").
+
+Each round submits a fine single point at the current geometry as a Dask future
+(``resources={"dft": 1}``). While it runs, the client relaxes the structure further with
+the ML force field (speculation). When the fine result arrives it is stored, the online model
+learns from it, and the next geometry is chosen:
+
+* converged: the *fine* forces are below ``fmax`` (never the ML ones);
+* the ML prediction at this geometry agreed with the fine forces (weighted-average angle
+  below ``agree_deg`` and norms within ``agree_norm``): continue from the speculative ML
+  relaxation, inside a trust radius that grows after good rounds;
+* otherwise, or when the fine energy rose after an ML round: a BFGS step on the fine forces
+  (from the best point so far if the energy rose), with a Hessian updated by every fine
+  result. In the worst case this is plain fine BFGS plus the rejected rounds.
+
+:class:`HybridOptimizer` is a state machine (``start`` → ``tell`` → ...), so one client can
+keep the fine futures of many structures in flight (:func:`optimize_many`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import all_changes
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from oamlm_dist.calculators import fine_single_point
+from oamlm_dist.cluster import FINE_RESOURCE
+from oamlm_dist.errors import FineCalculationError, OamlmError
+from oamlm_dist.forcefield import ForceField
+from oamlm_dist.models.oamlm import weighted_angle_deg
+from oamlm_dist.optimize.mlbfgs import free_atoms, ml_bfgs
+from oamlm_dist.optimize.online import OnlineModel
+from oamlm_dist.store import FrameBatch, Store, now_iso
+
+
+@dataclass
+class HybridSettings:
+    fmax: float = 0.05  # eV/Å, on fine forces
+    max_fine: int = 100
+    ml_steps: int = 60  # ML-BFGS steps per round
+    ml_maxstep: float = 0.1  # Å, ML-BFGS step cap
+    ml_fmax_factor: float = 0.5  # ML rounds relax to this fraction of fmax
+    trust: float = 0.25  # Å, initial trust radius of an ML round
+    trust_min: float = 0.05
+    trust_max: float = 0.8
+    fine_maxstep: float = 0.2  # Å, BFGS step cap on fine forces (ASE's default)
+    agree_deg: float = 35.0  # weighted-average angle between ML and fine forces
+    agree_norm: float = 0.5  # relative error of the largest force
+    energy_tolerance: float = 1e-3  # eV, a rise beyond this rejects an ML round
+    new_weight: float = 5.0  # weight of fine rows in the online model update
+    reset_every: int | None = None
+
+
+class CorrectedForceField(ForceField):
+    """ML forces shifted by a constant per-atom correction: the fine-minus-ML residual at the
+    latest fine point, so the surrogate reproduces the fine forces there exactly and the
+    model supplies only how forces change nearby."""
+
+    def __init__(self, model, correction: np.ndarray):
+        super().__init__(model)
+        self.correction = correction
+
+    def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.results["forces"] = self.results["forces"] + self.correction
+
+
+class FineBFGS:
+    """BFGS on fine forces over the free coordinates (ASE's update and step rules)."""
+
+    def __init__(self, n_coords: int, maxstep: float, alpha: float = 70.0):
+        self.H = np.eye(n_coords) * alpha
+        self.maxstep = maxstep
+        self.previous: tuple[np.ndarray, np.ndarray] | None = None
+
+    def update(self, x: np.ndarray, f: np.ndarray) -> None:
+        if self.previous is not None:
+            dx, df = x - self.previous[0], f - self.previous[1]
+            a, dg = dx @ -df, self.H @ dx
+            b = dx @ dg
+            if abs(a) > 1e-12 and abs(b) > 1e-12:
+                self.H -= np.outer(df, df) / a + np.outer(dg, dg) / b
+        self.previous = (x.copy(), f.copy())
+
+    def step(self, f: np.ndarray) -> np.ndarray:
+        omega, V = np.linalg.eigh(self.H)
+        dx = V @ (f @ V / np.abs(omega))
+        largest = np.linalg.norm(dx.reshape(-1, 3), axis=1).max(initial=0.0)
+        return dx * (self.maxstep / largest) if largest > self.maxstep else dx
+
+
+@dataclass
+class FinePoint:
+    positions: np.ndarray
+    energy: float
+    forces: np.ndarray
+    fmax: float
+    kind: str  # how the geometry was reached: start, ml, fine-bfgs, backtrack
+
+
+@dataclass
+class HybridState:
+    fine_calls: int = 0
+    ml_calls: int = 0
+    rounds: list[dict] = field(default_factory=list)
+    converged: bool = False
+    stopped: str | None = None
+
+
+def fine_task(atoms: Atoms, calculator: str, params: dict) -> dict:
+    """Dask task: one fine single point (retried once with safer settings on SCF failure).
+
+    A calculation that still fails is returned as ``{"error", "attempts"}``, not raised:
+    repeating it unchanged would fail again. Lost workers are handled by the scheduler,
+    which reruns the task elsewhere.
+    """
+    try:
+        result = fine_single_point(atoms, calculator, params)
+    except FineCalculationError as exc:
+        return {"error": str(exc), "attempts": exc.attempts}
+    return {"energy": result.energy, "forces": result.forces, "attempts": result.attempts,
+            "settings": result.settings, "wall_s": result.wall_s}
+
+
+class HybridOptimizer:
+    """Relax one structure with ML-BFGS rounds between fine single points."""
+
+    def __init__(self, atoms: Atoms, model: OnlineModel, calculator: str = "xtb",
+                 params: dict | None = None, settings: HybridSettings | None = None,
+                 name: str = "structure", store: Store | None = None,
+                 trajectory: str | None = None):
+        self.atoms = atoms.copy()
+        self.atoms.calc = None
+        self.model = model
+        self.calculator = calculator
+        self.params = params or {}
+        self.settings = settings or HybridSettings()
+        self.name = name
+        self.store = store
+        self.trajectory_path = trajectory
+        self.free = free_atoms(self.atoms)
+        self.state = HybridState()
+        self.fine_bfgs = FineBFGS(3 * int(self.free.sum()), self.settings.fine_maxstep)
+        self.trust = self.settings.trust
+        self.points: list[FinePoint] = []
+        self.pending_kind = "start"
+        self.speculative: np.ndarray | None = None
+        self.frames: list[Atoms] = []  # trajectory: fine points and ML steps
+        self.started = time.perf_counter()
+
+    # ---- the state machine ----------------------------------------------------------------
+    def start(self) -> np.ndarray:
+        return self.atoms.get_positions()
+
+    def speculate(self) -> None:
+        """Placeholder for work done while a fine future runs: the next ML round needs the
+        fine forces of this point (its correction), so nothing is computed ahead yet."""
+
+    def tell(self, result: dict) -> np.ndarray | None:
+        """Digest the fine result at the current geometry; the next geometry, or None."""
+        s = self.settings
+        x = self.atoms.get_positions()
+        forces = np.where(self.free[:, None], result["forces"], 0.0)
+        fmax = float(np.linalg.norm(forces, axis=1).max(initial=0.0))
+        point = FinePoint(x, float(result["energy"]), forces, fmax, self.pending_kind)
+        agreement = self._agreement(point)
+        self.state.fine_calls += 1
+        self.points.append(point)
+        self._record_fine(point, result)
+        self.state.rounds.append({"fine_call": self.state.fine_calls, "kind": point.kind,
+                                  "energy": point.energy, "fmax": fmax, **agreement,
+                                  "trust": self.trust})
+        if fmax <= s.fmax:
+            self.state.converged = True
+            return None
+        if self.state.fine_calls >= s.max_fine:
+            self.state.stopped = f"fine-call budget of {s.max_fine} reached"
+            return None
+        self.fine_bfgs.update(x[self.free].ravel(), forces[self.free].ravel())
+        self.model.add([self._fine_frame(point)], weight=s.new_weight)
+        best = min(self.points, key=lambda p: p.energy)
+        if point.kind == "ml" and point.energy > best.energy + s.energy_tolerance:
+            # The ML round went uphill: shrink the trust radius and step from the best point.
+            self.trust = max(s.trust_min, self.trust / 2)
+            return self._fine_step(best, "backtrack")
+        if point.kind == "ml":
+            self.trust = min(s.trust_max, self.trust * 1.5)
+        if agreement["agree"] and self.model.ready:
+            target = self._ml_round(point)
+            if np.abs(target - x).max() > 1e-6:
+                self.pending_kind = "ml"
+                self.atoms.set_positions(target, apply_constraint=False)
+                return target
+        return self._fine_step(point, "fine-bfgs")
+
+    # ---- pieces ---------------------------------------------------------------------------
+    def _fine_step(self, point: FinePoint, kind: str) -> np.ndarray:
+        x = point.positions.copy()
+        dx = self.fine_bfgs.step(point.forces[self.free].ravel())
+        x[self.free] += dx.reshape(-1, 3)
+        self.pending_kind = kind
+        self.speculative = None
+        self.atoms.set_positions(x, apply_constraint=False)
+        return x
+
+    def _ml_round(self, point: FinePoint) -> np.ndarray:
+        """ML-BFGS from a fine point on the corrected surrogate, inside the trust radius."""
+        s = self.settings
+        work = self.atoms.copy()
+        work.set_constraint(self.atoms.constraints)
+        work.set_positions(point.positions, apply_constraint=False)
+        raw = self._ml_forces_at(point.positions)
+        if raw is None:
+            return point.positions
+        work.calc = CorrectedForceField(self.model.model, point.forces - raw)
+        try:
+            result = ml_bfgs(work, fmax=s.fmax * s.ml_fmax_factor, steps=s.ml_steps,
+                             maxstep=s.ml_maxstep, reset_every=s.reset_every,
+                             max_displacement=self.trust)
+        except OamlmError:
+            return point.positions  # the model cannot describe this structure: no ML move
+        self.state.ml_calls += result["force_calls"]
+        snapshot = work.copy()
+        snapshot.calc = SinglePointCalculator(snapshot, forces=work.get_forces())
+        snapshot.info.update({"kind": "ml", "fine_call": self.state.fine_calls,
+                              "ml_steps": result["steps"]})
+        self.frames.append(snapshot)
+        return work.get_positions()
+
+    def _ml_forces_at(self, x: np.ndarray) -> np.ndarray | None:
+        if not self.model.ready:
+            return None
+        probe = self.atoms.copy()
+        probe.set_positions(x, apply_constraint=False)
+        try:
+            forces = self.model.predict(probe)["forces"]
+        except OamlmError:
+            return None
+        self.state.ml_calls += 1
+        return forces
+
+    def _agreement(self, point: FinePoint) -> dict:
+        """Does the model (before learning this point) predict the fine forces here?
+
+        With a previous fine point the test is on force *changes*, which is what the corrected
+        surrogate relies on; at the first point, on the forces themselves.
+        """
+        ml = self._ml_forces_at(point.positions)
+        if ml is None:
+            return {"agree": False, "angle_deg": None, "norm_error": None}
+        fine = point.forces
+        if self.points:
+            previous = self.points[-1]
+            before = self._ml_forces_at(previous.positions)
+            if before is None:
+                return {"agree": False, "angle_deg": None, "norm_error": None}
+            ml, fine = ml - before, fine - previous.forces
+        ml, fine = ml[self.free], fine[self.free]
+        angle = float(weighted_angle_deg(ml, fine))
+        fine_max = np.linalg.norm(fine, axis=1).max(initial=0.0)
+        ml_max = np.linalg.norm(ml, axis=1).max(initial=0.0)
+        norm_error = float(abs(ml_max - fine_max) / max(fine_max, 1e-9))
+        agree = angle <= self.settings.agree_deg and norm_error <= self.settings.agree_norm
+        return {"agree": bool(agree), "angle_deg": angle, "norm_error": norm_error}
+
+    def _fine_frame(self, point: FinePoint) -> Atoms:
+        frame = self.atoms.copy()
+        frame.set_constraint()
+        frame.set_positions(point.positions, apply_constraint=False)
+        frame.calc = SinglePointCalculator(frame, energy=point.energy, forces=point.forces)
+        frame.info.update({"kind": "fine", "fine_call": self.state.fine_calls,
+                           "reached_by": point.kind})
+        return frame
+
+    def _record_fine(self, point: FinePoint, result: dict) -> None:
+        frame = self._fine_frame(point)
+        frame.calc.results["forces"] = result["forces"]  # store unconstrained forces
+        self.frames.append(frame)
+        if self.store is not None:
+            segment = self.store.new_segment("fine", {
+                "name": f"{self.name}/fine{self.state.fine_calls}",
+                "optimisation": self.name, "fine_call": self.state.fine_calls,
+                "reached_by": point.kind, "calculator": self.calculator,
+                "settings": result.get("settings", {}), "attempts": result.get("attempts", [])})
+            segment.append(FrameBatch.from_atoms([frame]))
+            segment.mark_complete()
+
+    def fail(self, reason: str, attempts: list | None = None) -> None:
+        """A fine calculation failed for good: stop, and record why in the store."""
+        self.state.stopped = f"fine calculation {self.state.fine_calls + 1} failed: {reason}"
+        if self.store is not None:
+            failures = self.store.group("failures", create=True)
+            record = failures.create_group(f"{self.name}-fine{self.state.fine_calls + 1}",
+                                           overwrite=True)
+            record.attrs.update({"optimisation": self.name, "reason": reason,
+                                 "attempts": attempts or [], "time": now_iso()})
+
+    def summary(self) -> dict:
+        best = min(self.points, key=lambda p: p.energy) if self.points else None
+        last = self.points[-1] if self.points else None
+        final = last if self.state.converged else best
+        if self.trajectory_path:
+            self.write_trajectory(self.trajectory_path)
+        return {"name": self.name, "converged": self.state.converged,
+                "fine_calls": self.state.fine_calls, "ml_calls": self.state.ml_calls,
+                "energy": None if final is None else final.energy,
+                "fmax": None if final is None else final.fmax,
+                "wall_s": round(time.perf_counter() - self.started, 2),
+                "trajectory": self.trajectory_path, "stopped": self.state.stopped}
+
+    def final_atoms(self) -> Atoms:
+        best = self.points[-1] if self.state.converged else min(self.points,
+                                                                key=lambda p: p.energy)
+        atoms = self.atoms.copy()
+        atoms.set_positions(best.positions, apply_constraint=False)
+        atoms.calc = SinglePointCalculator(atoms, energy=best.energy, forces=best.forces)
+        return atoms
+
+    def write_trajectory(self, path: str) -> None:
+        from ase.io import write
+
+        write(path, self.frames, format="traj")
+
+
+def _submit(client, optimizer: HybridOptimizer, positions: np.ndarray):
+    atoms = optimizer.atoms.copy()
+    atoms.set_constraint()
+    atoms.set_positions(positions, apply_constraint=False)
+    key = f"fine-{optimizer.name}-call{optimizer.state.fine_calls + 1}-{time.time_ns()}"
+    return client.submit(fine_task, atoms, optimizer.calculator, optimizer.params,
+                         resources={FINE_RESOURCE: 1}, key=key, pure=False)
+
+
+def optimize_many(optimizers: list[HybridOptimizer], client, on_round=None) -> list[dict]:
+    """Drive several hybrid optimisations, keeping all their fine futures in flight."""
+    from distributed import as_completed
+
+    owner = {}
+    pending = as_completed()
+    for optimizer in optimizers:
+        future = _submit(client, optimizer, optimizer.start())
+        owner[future.key] = optimizer
+        pending.add(future)
+    for optimizer in optimizers:
+        optimizer.speculate()
+    for future in pending:
+        optimizer = owner.pop(future.key)
+        try:
+            result = future.result()
+        except Exception as exc:  # e.g. KilledWorker: the task lost its workers repeatedly
+            optimizer.fail(f"{type(exc).__name__}: {exc}")
+            continue
+        if "error" in result:
+            optimizer.fail(result["error"], result["attempts"])
+            continue
+        following = optimizer.tell(result)
+        if on_round:
+            on_round(optimizer)
+        if following is not None:
+            nxt = _submit(client, optimizer, following)
+            owner[nxt.key] = optimizer
+            pending.add(nxt)
+            optimizer.speculate()
+    return [optimizer.summary() for optimizer in optimizers]
+

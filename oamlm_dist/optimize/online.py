@@ -1,0 +1,103 @@
+"""A force model that learns from fine calculations during an optimisation, in memory.
+
+A pre-trained model keeps its references and scaler; each new fine frame adds its rows to
+the stored normal equations (weighted, so the newest environments count more) and the class
+models are solved again. From a cold start there is no model: the first fine frames become
+the training set and the model is rebuilt from all of them after every fine call (the data
+are tiny, so K = all rows). The model in the store is never modified; the fine frames
+themselves are stored by the optimiser, so ``fit --update`` can fold them in later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+from ase import Atoms
+
+from oamlm_dist.describe import DescriptorSpec, describe_frames
+from oamlm_dist.descriptors import SoapSettings
+from oamlm_dist.environments import class_permutations
+from oamlm_dist.forcefield import ForceModel
+from oamlm_dist.models.regression import NormalEquations
+from oamlm_dist.store import Store
+from oamlm_dist.training import (
+    FitSettings,
+    equations_of,
+    initial_class_model,
+    references_from_rows,
+    solve_class_model,
+    training_matrices,
+)
+
+
+class OnlineModel:
+    """Wraps a :class:`ForceModel` (or nothing, at a cold start) and its normal equations."""
+
+    def __init__(self, spec: DescriptorSpec, settings: FitSettings,
+                 model: ForceModel | None = None,
+                 equations: dict[str, NormalEquations] | None = None):
+        self.spec = spec
+        self.settings = settings
+        self.model = model
+        self.equations = equations or {}
+        self.frames: list[Atoms] = []  # fine frames seen (cold start retrains on all)
+        self.cold = model is None
+
+    @classmethod
+    def pretrained(cls, store: Store, name: str) -> OnlineModel:
+        model = ForceModel.load(store, name)
+        attrs = store.root[f"models/{name}"].attrs
+        equations = {}
+        for class_name in model.classes:
+            group = store.group(f"models/{name}/{class_name}/equations")
+            equations[class_name] = NormalEquations.from_arrays(
+                {k: group[k][...] for k in group.array_keys()})
+        return cls(model.spec, FitSettings(**attrs["settings"]), model, equations)
+
+    @classmethod
+    def cold_start(cls, species: list[str], scheme: str = "thiolate",
+                   soap: SoapSettings | None = None, references: int = 2500) -> OnlineModel:
+        soap = soap or SoapSettings()
+        soap = SoapSettings(**{**asdict(soap), "species": tuple(species)})
+        return cls(DescriptorSpec(scheme, soap), FitSettings(references=references))
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None
+
+    def add(self, frames: list[Atoms], weight: float = 1.0) -> None:
+        """Learn from fine frames (with forces)."""
+        self.frames.extend(frames)
+        if self.cold:
+            self._rebuild()
+            return
+        rows = describe_frames(frames, self.spec)
+        settings = asdict(self.settings)
+        classes = dict(self.model.classes)
+        for class_name, fields in rows.items():
+            if class_name not in classes:
+                continue  # a pre-trained model has no references for a new class
+            cm = classes[class_name]
+            D_in, D_c, D_g = training_matrices(cm, fields)
+            new = equations_of(D_in, D_c, D_g, fields["norm"], np.full(len(D_in), weight))
+            self.equations[class_name] = self.equations[class_name] + new
+            classes[class_name] = solve_class_model(cm, self.equations[class_name], settings)
+        self.model = ForceModel(self.model.name, self.spec, classes)
+
+    def _rebuild(self) -> None:
+        rows = describe_frames(self.frames, self.spec)
+        settings = asdict(self.settings)
+        classes = {}
+        for class_name, fields in rows.items():
+            perms = class_permutations(self.spec.scheme, class_name, self.spec.neighbours)
+            scaler, refs, _ = references_from_rows(fields, perms, self.spec, self.settings)
+            cm = initial_class_model(class_name, scaler, refs, self.settings)
+            D_in, D_c, D_g = training_matrices(cm, fields)
+            equations = equations_of(D_in, D_c, D_g, fields["norm"])
+            classes[class_name] = solve_class_model(cm, equations, settings)
+            self.equations[class_name] = equations
+        self.model = ForceModel("online", self.spec, classes)
+
+    def predict(self, atoms: Atoms) -> dict[str, np.ndarray]:
+        return self.model.predict(atoms)

@@ -1,0 +1,56 @@
+"""The ``optimize`` stage: hybrid optimisation of one or many structures on a Dask cluster."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ase.io import write
+
+from oamlm_dist.errors import InputError
+from oamlm_dist.ingest import read_frames
+from oamlm_dist.optimize.hybrid import HybridOptimizer, HybridSettings, optimize_many
+from oamlm_dist.optimize.online import OnlineModel
+from oamlm_dist.store import Store
+
+THIOLATE_ELEMENTS = {"Au", "S", "C", "H"}
+
+
+def online_model(store: Store, model: str | None, atoms_list, scheme: str | None
+                 ) -> OnlineModel:
+    """The pre-trained model ``model`` of the store, or a cold start for these structures."""
+    if model:
+        return OnlineModel.pretrained(store, model)
+    species = sorted({s for atoms in atoms_list for s in atoms.get_chemical_symbols()})
+    if scheme is None:
+        scheme = "thiolate" if set(species) <= THIOLATE_ELEMENTS and "S" in species else "element"
+    return OnlineModel.cold_start(species, scheme=scheme)
+
+
+def optimize(structures: list[str], store_path: str | os.PathLike, client, calculator: str,
+             params: dict, settings: HybridSettings, model: str | None = None,
+             scheme: str | None = None, out_dir: str | os.PathLike = ".") -> list[dict]:
+    """Relax every structure (the last frame of each file); results and trajectories."""
+    if not structures:
+        raise InputError("optimize: give at least one structure file")
+    loaded = []
+    for path in structures:
+        atoms = read_frames(path)[-1]
+        atoms.calc = None
+        loaded.append((Path(path).stem, atoms))
+    store = Store.create(store_path, exist_ok=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    optimizers = []
+    for name, atoms in loaded:
+        # Each structure learns on its own copy of the model: runs never share updates.
+        optimizers.append(HybridOptimizer(
+            atoms, online_model(store, model, [atoms], scheme), calculator, params, settings,
+            name=name, store=store, trajectory=str(out / f"{name}-hybrid.traj")))
+    results = optimize_many(optimizers, client)
+    for optimizer, result in zip(optimizers, results, strict=True):
+        if optimizer.points:
+            final = out / f"{optimizer.name}-final.extxyz"
+            write(str(final), optimizer.final_atoms())
+            result["final"] = str(final)
+    return results

@@ -1,0 +1,169 @@
+"""Hybrid ML/fine optimisation with EMT as the fine calculator on a rattled Au13 cluster."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.emt import EMT
+from ase.cluster import Icosahedron
+from ase.optimize import BFGS
+from distributed import Client, LocalCluster
+
+from oamlm_dist.descriptors import SoapSettings
+from oamlm_dist.errors import SCFConvergenceError
+from oamlm_dist.optimize import hybrid
+from oamlm_dist.optimize.hybrid import HybridOptimizer, optimize_many
+from oamlm_dist.optimize.hybrid import fine_single_point as real_single_point
+from oamlm_dist.optimize.mlbfgs import ml_bfgs
+from oamlm_dist.optimize.online import OnlineModel
+from oamlm_dist.store import Store
+from oamlm_dist.structures import rattle
+
+SOAP = "r_cut=5,n_max=4,l_max=4"
+
+
+def start_structure():
+    atoms = Icosahedron("Au", 2)
+    atoms.center()
+    return rattle(atoms, 0.15, seed=3)
+
+
+def cold_model():
+    return OnlineModel.cold_start(["Au"], scheme="element", soap=SoapSettings.parse(SOAP))
+
+
+@pytest.fixture(scope="module")
+def bfgs_reference():
+    atoms = start_structure()
+    atoms.calc = EMT()
+    optimizer = BFGS(atoms, logfile=None)
+    optimizer.run(fmax=0.05)
+    return optimizer.nsteps + 1, atoms.get_potential_energy()
+
+
+def test_hybrid_reaches_the_bfgs_minimum_with_fewer_fine_calls(tmp_path, dask_client,
+                                                               bfgs_reference):
+    bfgs_calls, bfgs_energy = bfgs_reference
+    store = Store.create(tmp_path / "s.zarr")
+    optimizer = HybridOptimizer(start_structure(), cold_model(), "emt", name="au13",
+                                store=store, trajectory=str(tmp_path / "au13.traj"))
+    result = optimize_many([optimizer], dask_client)[0]
+    assert result["converged"] and result["fmax"] <= 0.05
+    assert abs(result["energy"] - bfgs_energy) < 1e-3
+    assert result["fine_calls"] < bfgs_calls
+    # Every fine call is in the store, with the energy it reported.
+    fine = Store.open(tmp_path / "s.zarr").segments("fine")
+    assert len(fine) == result["fine_calls"]
+    assert fine[-1].read()[0].get_potential_energy() == result["energy"]
+
+
+class WrongForces(Calculator):
+    """A deliberately wrong 'model': forces rotated by 90° about z and tiny."""
+
+    implemented_properties = ["forces"]
+
+    def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        helper = atoms.copy()
+        helper.calc = EMT()
+        forces = helper.get_forces()
+        self.results = {"forces": 1e-3 * forces[:, [1, 0, 2]] * [-1, 1, 1]}
+
+
+class WrongModel:
+    """An online model whose predictions are wrong and which never learns."""
+
+    ready = True
+
+    def __init__(self):
+        self.model = None
+
+    def add(self, frames, weight=1.0):
+        pass
+
+    def predict(self, atoms):
+        probe = atoms.copy()
+        probe.calc = WrongForces()
+        return {"forces": probe.get_forces()}
+
+
+def test_convergence_is_declared_only_by_a_fine_calculation(dask_client, bfgs_reference,
+                                                            monkeypatch):
+    # The wrong model's forces are already below fmax everywhere: an optimiser that trusted
+    # them would stop at once.
+    start = start_structure()
+    probe = start.copy()
+    probe.calc = WrongForces()
+    assert np.linalg.norm(probe.get_forces(), axis=1).max() < 0.05
+    optimizer = HybridOptimizer(start, WrongModel(), "emt", name="wrong")
+    result = optimize_many([optimizer], dask_client)[0]
+    assert result["converged"]
+    fine = start.copy()
+    fine.positions = optimizer.final_atoms().positions
+    fine.calc = EMT()
+    assert np.linalg.norm(fine.get_forces(), axis=1).max() <= 0.05
+    assert abs(result["energy"] - bfgs_reference[1]) < 2e-3
+    # Disagreeing predictions send it down the fine-BFGS path.
+    assert all(r["kind"] in ("start", "fine-bfgs") for r in optimizer.state.rounds)
+
+
+def failing_on_third_call(atoms, calculator, params):
+    """A fine single point whose SCF fails on its third use (counted in a file)."""
+    counter = Path(os.environ["OAMLM_TEST_COUNTER"])
+    with counter.open("a") as handle:
+        handle.write("x")
+    if counter.stat().st_size == 3:
+        raise SCFConvergenceError("xtb SCF did not converge on Au13 (test)", atoms=atoms,
+                                  attempts=[{"outcome": "scf_not_converged"}] * 2)
+    return real_single_point(atoms, calculator, params)
+
+
+def test_failed_fine_calculation_stops_with_reason_and_keeps_frames(tmp_path, monkeypatch):
+    monkeypatch.setenv("OAMLM_TEST_COUNTER", str(tmp_path / "counter"))
+    monkeypatch.setattr(hybrid, "fine_single_point", failing_on_third_call)
+    # In-process workers, so they run the patched task.
+    with LocalCluster(n_workers=1, processes=False, resources={"dft": 1},
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        store = Store.create(tmp_path / "s.zarr")
+        optimizer = HybridOptimizer(start_structure(), cold_model(), "emt", name="au13",
+                                    store=store)
+        result = optimize_many([optimizer], client)[0]
+    assert not result["converged"]
+    assert "fine calculation 3 failed" in result["stopped"]
+    assert "SCF did not converge" in result["stopped"]
+    store = Store.open(tmp_path / "s.zarr")
+    assert len(store.segments("fine")) == 2
+    record = store.root["failures/au13-fine3"].attrs
+    assert "SCF" in record["reason"] and len(record["attempts"]) == 2
+
+
+class Recording(EMT):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.seen.append(atoms.positions.copy())
+
+
+def test_ml_bfgs_alternates_groups_and_respects_the_trust_radius():
+    atoms = start_structure()
+    atoms.calc = Recording()
+    outer, core = list(range(1, 13)), [0]
+    result = ml_bfgs(atoms, fmax=0.01, steps=8, maxstep=0.05, groups=[(outer, 4), (core, 4)])
+    assert result["steps"] == 8
+    seen = np.array(atoms.calc.seen)
+    first, second = seen[:5], seen[5:]
+    assert np.ptp(first[:, 0], axis=0).max() == 0 and np.ptp(first[:, 1:], axis=0).max() > 0
+    assert np.ptp(second[:, 1:], axis=0).max() == 0 and np.ptp(second[:, 0], axis=0).max() > 0
+    assert not atoms.constraints
+
+    atoms = start_structure()
+    atoms.calc = EMT()
+    start = atoms.get_positions()
+    limited = ml_bfgs(atoms, fmax=1e-4, steps=200, maxstep=0.1, max_displacement=0.1)
+    assert limited["trust_limited"]
+    assert np.linalg.norm(atoms.positions - start, axis=1).max() <= 0.1 + 1e-9
