@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -47,5 +48,7 @@ def dask_client():
     cluster = local_cluster(n_workers=2)
     client = Client(cluster)
     yield client
+    # Shutdown chatter would be logged after pytest has closed its capture streams.
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
     client.close()
     cluster.close()
