@@ -11,6 +11,7 @@ from oamlm_dist.errors import InputError
 from oamlm_dist.ingest import read_frames
 from oamlm_dist.optimize.hybrid import HybridOptimizer, HybridSettings, optimize_many
 from oamlm_dist.optimize.online import OnlineModel
+from oamlm_dist.optimize.plots import plot_rounds
 from oamlm_dist.store import Store
 
 THIOLATE_ELEMENTS = {"Au", "S", "C", "H"}
@@ -53,4 +54,9 @@ def optimize(structures: list[str], store_path: str | os.PathLike, client, calcu
             final = out / f"{optimizer.name}-final.extxyz"
             write(str(final), optimizer.final_atoms())
             result["final"] = str(final)
+            result["plot"] = plot_rounds(optimizer.state.rounds,
+                                         out / f"{optimizer.name}-hybrid.png",
+                                         title=f"{optimizer.name}: hybrid optimisation",
+                                         fmax_target=settings.fmax)
+        result["rounds"] = optimizer.state.rounds
     return results
