@@ -72,7 +72,7 @@ def _cmd_fit(args: argparse.Namespace) -> None:
             settings = FitSettings(
                 references=args.references, robust_epsilon=args.robust, seed=args.seed,
                 pool_size=args.pool_size, method=args.loss, accept=args.accept,
-                frames=args.frames)
+                frames=args.frames, train_rows=args.train_rows)
             summary = fit(args.store, args.model, client, settings, classes=args.classes,
                           descriptor_set=args.set)
     print(json.dumps(summary))
@@ -120,6 +120,32 @@ def _cmd_optimize(args: argparse.Namespace) -> None:
         for r in results:
             if r["stopped"]:
                 print(f"oamlm-dist optimize: {r['name']}: {r['stopped']}", file=sys.stderr)
+
+
+def _cmd_campaign(args: argparse.Namespace) -> None:
+    from oamlm_dist.campaign import campaign_status, load_campaign, run_campaign
+
+    campaign = load_campaign(args.file)
+    if args.action == "status":
+        status = campaign_status(campaign)
+        for stage, entry in status["stages"].items():
+            extra = ", ".join(f"{k} {v}" for k, v in entry.items() if k != "done")
+            print(f"{stage:<9} {'done' if entry['done'] else 'pending':<8} {extra}")
+        print(json.dumps(status))
+        return
+    from oamlm_dist.cluster import get_client
+
+    with get_client(campaign.cluster.scheduler, n_workers=campaign.cluster.workers) as client:
+        results = run_campaign(campaign, client)
+    summary = {"campaign": campaign.name, "store": campaign.store,
+               "stages_run": list(results)}
+    if "optimize" in results:
+        summary["optimize"] = [{k: r[k] for k in ("name", "converged", "fine_calls", "energy")}
+                               for r in results["optimize"]]
+    if "evaluate" in results:
+        summary["evaluate"] = {c: round(m["weighted_angle_deg"], 2)
+                               for c, m in results["evaluate"]["classes"].items()}
+    print(json.dumps(summary))
 
 
 def _parse_params(items: list[str] | None) -> dict:
@@ -200,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default direction loss of the model")
     p.add_argument("--accept", action="store_true",
                    help="use only references with g_j - d_g,j <= 0 when predicting")
+    p.add_argument("--train-rows", choices=["all", "references"], default="all",
+                   help="train on all rows of the selected frames, or only on the K "
+                   "references (N = K, the sources' protocol)")
     p.add_argument("--seed", type=int, default=0, help="RS-maximin random start")
     p.add_argument("--pool-size", type=int, default=None, help="RS-maximin candidate pool")
     p.add_argument("--set", default=None, help="descriptor set (default: the newest)")
@@ -236,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write all results here")
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_optimize)
+
+    p = sub.add_parser("campaign", help="run, resume or inspect a campaign file")
+    p.add_argument("action", choices=["run", "resume", "status"])
+    p.add_argument("file", help="campaign YAML")
+    p.set_defaults(func=_cmd_campaign)
     return parser
 
 

@@ -63,7 +63,7 @@ Conventions shared by both schemes (and relied on by the alignment kernels and t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import permutations, product
 
@@ -140,15 +140,27 @@ class _Nearest:
         return (self.idx >= 0).sum(axis=1)
 
 
-class _Frame:
-    """Positions, minimum-image neighbour search and error messages of one frame."""
+def _periodic_axes(atoms: Atoms) -> np.ndarray:
+    # A periodic axis without a cell vector is not periodic (as in ase.geometry.find_mic).
+    return atoms.cell.array.any(axis=1) & atoms.pbc
 
-    def __init__(self, atoms: Atoms, label: object | None):
-        self.positions = atoms.get_positions()
-        self.numbers = atoms.get_atomic_numbers()
+
+class _Frame:
+    """Positions, minimum-image neighbour search and error messages of a stack of frames.
+
+    The frames share their atomic numbers (in order), cell and pbc; atom ``i`` of frame ``b``
+    is atom ``b * n + i`` of the stack, and neighbour searches never cross frames. Stacking
+    turns many numpy calls on tiny frames into a few on larger arrays; every distance is
+    computed exactly as for the frame alone, so results do not depend on the stacking.
+    """
+
+    def __init__(self, frames: Sequence[Atoms], label: object | None):
+        atoms = frames[0]
+        self.n_frames = len(frames)
+        self.positions = np.concatenate([a.get_positions() for a in frames])
+        self.numbers = np.tile(atoms.get_atomic_numbers(), self.n_frames)
         self.label = label
-        # A periodic axis without a cell vector is not periodic (as in ase.geometry.find_mic).
-        self.pbc = atoms.cell.array.any(axis=1) & atoms.pbc
+        self.pbc = _periodic_axes(atoms)
         self.lattice = np.zeros((0, 3))  # reduced basis of the periodic directions
         self.coordinates = np.zeros((3, 0))  # vector -> coordinates in that basis (projected)
         self.images = np.zeros((0, 3))  # neighbouring images to search after wrapping
@@ -186,31 +198,41 @@ class _Frame:
     ) -> _Nearest:
         """The ``k`` nearest ``candidates`` (ascending indices) within ``cutoff`` of each centre.
 
-        An atom is never its own neighbour. Rows are sorted by distance, ties by atom index.
+        ``centres`` and ``candidates`` hold the same atoms of every frame, frame by frame (as
+        :meth:`of_element` gives them). An atom is never its own neighbour. Rows are sorted by
+        distance, ties by atom index.
         """
-        n = len(centres)
-        idx = np.full((n, k), -1, dtype=np.int64)
-        vec = np.full((n, k, 3), np.nan)
-        dist = np.full((n, k), np.inf)
-        kk = min(k, len(candidates))
-        if n == 0 or kk == 0:
-            return _Nearest(idx, vec, dist)
-        block = max(1, _PAIR_BLOCK // len(candidates))
-        for start in range(0, n, block):
-            rows = slice(start, start + block)
-            c = centres[rows]
-            D = self.minimum_image(self.positions[candidates][None] - self.positions[c][:, None])
-            d = np.linalg.norm(D, axis=-1)
-            d[(c[:, None] == candidates[None, :]) | (d > cutoff)] = np.inf
-            order = np.argsort(np.round(d, _TIE_DECIMALS), axis=1, kind="stable")[:, :kk]
-            dd = np.take_along_axis(d, order, axis=1)
-            found = np.isfinite(dd)
-            idx[rows, :kk] = np.where(found, candidates[order], -1)
-            vec[rows, :kk] = np.where(
-                found[..., None], np.take_along_axis(D, order[..., None], axis=1), np.nan
-            )
-            dist[rows, :kk] = dd
-        return _Nearest(idx, vec, dist)
+        n_frames = self.n_frames
+        C = centres.reshape(n_frames, -1)
+        K = candidates.reshape(n_frames, -1)
+        n, m = C.shape[1], K.shape[1]
+        idx = np.full((n_frames, n, k), -1, dtype=np.int64)
+        vec = np.full((n_frames, n, k, 3), np.nan)
+        dist = np.full((n_frames, n, k), np.inf)
+        kk = min(k, m)
+        if n and kk:
+            # Whole frames per distance block when they fit, else row blocks of one frame.
+            rows = max(1, _PAIR_BLOCK // m)
+            frames_per, rows_per = (max(1, rows // n), n) if rows >= n else (1, rows)
+            for f0 in range(0, n_frames, frames_per):
+                fs = slice(f0, f0 + frames_per)
+                cand = K[fs][:, None, :]
+                for r0 in range(0, n, rows_per):
+                    rs = slice(r0, r0 + rows_per)
+                    c = C[fs, rs][:, :, None]
+                    D = self.minimum_image(self.positions[cand] - self.positions[c])
+                    d = np.linalg.norm(D, axis=-1)
+                    d[(c == cand) | (d > cutoff)] = np.inf
+                    order = np.argsort(np.round(d, _TIE_DECIMALS), axis=-1, kind="stable")
+                    order = order[..., :kk]
+                    dd = np.take_along_axis(d, order, axis=-1)
+                    found = np.isfinite(dd)
+                    idx[fs, rs, :kk] = np.where(found, np.take_along_axis(cand, order, -1), -1)
+                    vec[fs, rs, :kk] = np.where(
+                        found[..., None], np.take_along_axis(D, order[..., None], axis=-2), np.nan
+                    )
+                    dist[fs, rs, :kk] = dd
+        return _Nearest(idx.reshape(-1, k), vec.reshape(-1, k, 3), dist.reshape(-1, k))
 
     def require(self, atoms: np.ndarray, ok: np.ndarray, expected: Callable[[int], str]) -> None:
         """Raise :class:`SchemeError` for the first ``atoms[j]`` with ``ok[j]`` false.
@@ -411,7 +433,7 @@ def classify(atoms: Atoms, scheme: str = "thiolate", frame: object | None = None
         ``(n_atoms,)`` array of class names (str).
     """
     _check_scheme(scheme)
-    f = _Frame(atoms, frame)
+    f = _Frame([atoms], frame)
     symbols = np.array([chemical_symbols[z] for z in f.numbers], dtype="<U7")
     if scheme == "element":
         return symbols
@@ -451,12 +473,93 @@ def describe_environments(
         Chemistry the scheme does not cover; the message names the frame and the atom.
     """
     _check_scheme(scheme)
-    f = _Frame(atoms, frame)
+    f = _Frame([atoms], frame)
     if scheme == "element":
         _check_neighbours(neighbours)
         return _element_environments(f, neighbours)
     _check_thiolate_elements(f)
     return _thiolate_environments(f)
+
+
+def describe_environments_many(
+    frames: Sequence[Atoms],
+    scheme: str = "thiolate",
+    *,
+    neighbours: int = 4,
+    labels: Sequence[object] | None = None,
+) -> dict[str, tuple[np.ndarray, ClassEnvironments]]:
+    """Alignment neighbourhoods of many frames, per class with the frame of every row.
+
+    The rows are those of :func:`describe_environments` frame by frame, but frames with equal
+    atomic numbers, cell and pbc (as in an MD trajectory) are computed together, which is
+    much faster for small frames.
+
+    Parameters
+    ----------
+    frames : sequence of ase.Atoms
+        The frames.
+    scheme : {"thiolate", "element"}
+        Atom-class scheme.
+    neighbours : int
+        ``M`` of the element scheme (ignored by ``thiolate``).
+    labels : sequence, optional
+        Frame labels used in error messages, one per frame.
+
+    Returns
+    -------
+    dict of str to (numpy.ndarray, ClassEnvironments)
+        Per class with at least one row, in :func:`class_names` order: the position in
+        ``frames`` of each row (int64) and the rows, ordered by frame, then by atom;
+        ``atom`` is the index within the frame.
+
+    Raises
+    ------
+    SchemeError
+        The error :func:`describe_environments` raises for the first frame it rejects.
+    """
+    _check_scheme(scheme)
+    if scheme == "element":
+        _check_neighbours(neighbours)
+    if not len(frames):
+        return {}
+    stacks: dict[tuple, list[int]] = {}
+    for position, atoms in enumerate(frames):
+        pbc = _periodic_axes(atoms)
+        cell = atoms.cell.array.tobytes() if pbc.any() else b""
+        stacks.setdefault((atoms.numbers.tobytes(), pbc.tobytes(), cell), []).append(position)
+    parts: dict[str, list[tuple]] = {}
+    for members in stacks.values():
+        n_atoms = len(frames[members[0]])
+        if n_atoms == 0:
+            continue
+        try:
+            stack = _Frame([frames[i] for i in members], None)
+            if scheme == "element":
+                found = _element_environments(stack, neighbours)
+            else:
+                _check_thiolate_elements(stack)
+                found = _thiolate_environments(stack)
+        except SchemeError:
+            # Frame by frame, in order, for the error that names the first bad frame.
+            for position, atoms in enumerate(frames):
+                describe_environments(
+                    atoms, scheme, neighbours=neighbours,
+                    frame=None if labels is None else labels[position],
+                )
+            raise
+        for name, env in found.items():
+            stacked, atom = np.divmod(env.atom, n_atoms)
+            parts.setdefault(name, []).append((np.asarray(members)[stacked], atom, env.P, env.Z))
+    out = {}
+    for name in class_names(scheme, np.unique(np.concatenate([a.numbers for a in frames]))):
+        pieces = [p for p in parts.get(name, ()) if len(p[0])]
+        if not pieces:
+            continue
+        frame, atom, P, Z = (np.concatenate(column) for column in zip(*pieces, strict=True))
+        # Stacks are frame-major with ascending atoms: a stable sort by frame orders all rows.
+        order = np.argsort(frame, kind="stable")
+        out[name] = (frame[order], _environments(atom[order], P[order], Z[order]))
+    return out
 
 
 def _environments(atom: np.ndarray, P: np.ndarray, Z: np.ndarray) -> ClassEnvironments:
@@ -472,7 +575,7 @@ def _element_environments(frame: _Frame, neighbours: int) -> dict[str, ClassEnvi
     near = frame.nearest(everyone, everyone, neighbours)
     Z = np.where(near.idx >= 0, frame.numbers[near.idx], 0)
     out = {}
-    for name in class_names("element", frame.numbers):
+    for name in class_names("element", np.unique(frame.numbers)):
         rows = frame.numbers == atomic_numbers[name]
         out[name] = _environments(everyone[rows], near.vec[rows], Z[rows])
     return out
@@ -539,7 +642,7 @@ def _thiolate_environments(frame: _Frame) -> dict[str, ClassEnvironments]:
         unit, au_s, au_au = _gold(frame, gold)
         out["Au_core"] = _core_gold(frame, gold[~unit], au_s, au_au, ~unit)
         out["Au_unit"] = _unit_gold(gold[unit], au_s, unit, s_c, s_au, row)
-    names = class_names("thiolate", frame.numbers)
+    names = class_names("thiolate", np.unique(frame.numbers))
     return {name: out[name] for name in names}
 
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from oamlm_dist.describe import STAGE as DESCRIBE_STAGE
-from oamlm_dist.describe import DescriptorSpec
+from oamlm_dist.describe import DescriptorSpec, read_block
 from oamlm_dist.descriptors import MinMaxScaler
 from oamlm_dist.environments import permutation_mask
 from oamlm_dist.errors import InputError, StoreError
@@ -61,6 +61,8 @@ class FitSettings:
     sigma2: dict | None = None  # per class; default 0.25 for Au_unit, 0.5 otherwise
     accept: bool = False
     frames: str | None = None  # segment selector of the training frames
+    # "all" rows of the selected frames, or only the "references" (N = K, as in the sources)
+    train_rows: str = "all"
     huber_columns_per_task: int = 256
 
     def validate(self) -> None:
@@ -68,6 +70,9 @@ class FitSettings:
             raise InputError(f"fit: --references must be >= 1, got {self.references}")
         if self.robust_epsilon is not None and not 1.0 <= self.robust_epsilon <= 2.0:
             raise InputError(f"fit: --robust must lie in [1, 2], got {self.robust_epsilon}")
+        if self.train_rows not in ("all", "references"):
+            raise InputError(f"fit: --train-rows must be all or references, not "
+                             f"{self.train_rows!r}")
         if self.method not in ("analytic", "exact", "sqp"):
             raise InputError(f"fit: unknown --loss {self.method!r} (analytic, exact, sqp)")
 
@@ -115,8 +120,7 @@ def training_blocks(store: Store, set_name: str, class_name: str, segments: set[
 
 def _block_rows(store: Store, set_name: str, class_name: str, key: str,
                 fields: tuple[str, ...]) -> dict[str, np.ndarray]:
-    group = store.group(f"classes/{set_name}/{class_name}/{key}")
-    return {f: group[f][:] for f in fields}
+    return read_block(store.group(f"classes/{set_name}/{class_name}/{key}"), fields)
 
 
 def choose_references(store: Store, set_name: str, spec: DescriptorSpec, class_name: str,
@@ -193,7 +197,7 @@ def write_arrays(group, arrays: dict[str, np.ndarray]) -> None:
     for name, values in arrays.items():
         values = np.asarray(values)
         group.create_array(name, data=values, overwrite=True,
-                           chunks=values.shape if values.ndim else ())
+                           chunks=tuple(max(1, n) for n in values.shape))
 
 
 def compute_block(store_path: str, model: str, class_name: str, key: str) -> dict:
@@ -203,6 +207,9 @@ def compute_block(store_path: str, model: str, class_name: str, key: str) -> dic
     set_name = store.root[f"models/{model}"].attrs["descriptor_set"]
     cm = load_class_model(store, model, class_name)
     rows = _block_rows(store, set_name, class_name, key, ("X", "P", "Z", "Y", "norm"))
+    if store.root[f"models/{model}"].attrs["settings"]["train_rows"] == "references":
+        picked = [row for block, row in cm.attrs["reference_rows"] if block == key]
+        rows = {name: values[picked] for name, values in rows.items()}
     D_in, D_c, D_g = training_matrices(cm, rows)
     group = store.group(f"models/{model}/{class_name}/train", create=True).create_group(
         key, overwrite=True)

@@ -79,6 +79,18 @@ def test_k_equal_n_reproduces_training_outputs(tmp_path, dask_client):
         assert np.allclose(D_in @ model.oamlm.B_c, train["D_c"][:], atol=1e-5)
 
 
+def test_training_on_references_only(trained, dask_client):
+    summary = fit(trained, "refs", dask_client,
+                  FitSettings(references=40, frames="name:run0", train_rows="references"))
+    assert summary["classes"]["H"] == {"references": 40, "rows": 40}
+    model = load_class_model(Store.open(trained), "refs", "H")
+    rows = Store.open(trained).group("models/refs/H/train")
+    D_in = np.concatenate([rows[k]["D_in"][:] for k in sorted(rows.group_keys())])
+    # The training rows are the references themselves: zero distance on the diagonal.
+    assert np.allclose(np.sort(D_in.min(axis=1)), 0.0, atol=1e-6)
+    assert model.refs.Q.shape[0] == 40
+
+
 def test_reload_is_bit_identical(trained):
     frames = md_frames(2, 9)
     first = ForceModel.load(trained, "m")
