@@ -35,6 +35,7 @@ import numpy as np
 import zarr
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
+from zarr.errors import ContainsGroupError
 
 from oamlm_dist import __version__
 from oamlm_dist.errors import StoreError
@@ -354,7 +355,7 @@ class Store:
         self._require_writable()
         if not _KEY_OK.match(key):
             raise StoreError(f"invalid done-marker key {key!r}")
-        group = self.root.require_group(f"done/{stage}").create_group(key, overwrite=True)
+        group = self.group(f"done/{stage}", create=True).create_group(key, overwrite=True)
         group.attrs.update({"time": now_iso(), "host": socket.gethostname(), **(info or {})})
 
     def is_done(self, stage: str, key: str) -> bool:
@@ -374,9 +375,20 @@ class Store:
 
     # ---- misc ------------------------------------------------------------------------------
     def group(self, path: str, create: bool = False) -> zarr.Group:
+        """The group at ``path``; with ``create``, made (with its parents) if missing.
+
+        Creation tolerates a concurrent writer creating the same group: workers of one
+        stage all ask for their stage's groups at once.
+        """
         if create:
             self._require_writable()
-            return self.root.require_group(path)
+            group = self.root
+            for name in path.split("/"):
+                try:
+                    group = group.require_group(name)
+                except ContainsGroupError:  # another writer made it between check and create
+                    group = group[name]
+            return group
         try:
             return self.root[path]
         except KeyError as exc:

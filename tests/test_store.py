@@ -94,3 +94,19 @@ def test_provenance_attrs(tmp_path):
 def test_settings_key_is_order_independent():
     assert settings_key({"a": 1, "b": [1, 2]}) == settings_key({"b": [1, 2], "a": 1})
     assert settings_key({"a": 1}) != settings_key({"a": 2})
+
+
+def test_concurrent_group_creation_and_markers(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    Store.create(tmp_path / "s.zarr")
+
+    def mark(i):
+        store = Store.open(tmp_path / "s.zarr", mode="a")
+        store.mark_done("fit/model/Au_unit", f"b{i}")
+        return store.group("models/m/Au_unit/train", create=True).path
+
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(mark, range(32)))
+    assert set(paths) == {"models/m/Au_unit/train"}
+    assert len(Store.open(tmp_path / "s.zarr").done_keys("fit/model/Au_unit")) == 32
