@@ -27,7 +27,7 @@ from ase import Atoms
 from ase.calculators.calculator import all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from oamlm_dist.calculators import fine_single_point
+from oamlm_dist.calculators import ensure_cell, fine_single_point
 from oamlm_dist.cluster import FINE_RESOURCE
 from oamlm_dist.errors import FineCalculationError, OamlmError
 from oamlm_dist.forcefield import ForceField
@@ -53,6 +53,8 @@ class HybridSettings:
     energy_tolerance: float = 1e-3  # eV, a rise beyond this rejects an ML round
     new_weight: float = 5.0  # weight of fine rows in the online model update
     reset_every: int | None = None
+    # s; a fine calculation running longer is cancelled and counts as failed (None: no limit)
+    fine_timeout_s: float | None = None
 
 
 class CorrectedForceField(ForceField):
@@ -133,7 +135,10 @@ class HybridOptimizer:
                  params: dict | None = None, settings: HybridSettings | None = None,
                  name: str = "structure", store: Store | None = None,
                  trajectory: str | None = None):
-        self.atoms = atoms.copy()
+        # A molecule gets its GPAW box once: a box re-centred at every step would move the
+        # real-space grid under the atoms and add egg-box noise to the forces.
+        self.atoms = (ensure_cell(atoms, (params or {}).get("vacuum", 4.0))
+                      if calculator == "gpaw" else atoms.copy())
         self.atoms.calc = None
         self.model = model
         self.calculator = calculator
@@ -336,34 +341,58 @@ def _submit(client, optimizer: HybridOptimizer, positions: np.ndarray):
 
 
 def optimize_many(optimizers: list[HybridOptimizer], client, on_round=None) -> list[dict]:
-    """Drive several hybrid optimisations, keeping all their fine futures in flight."""
-    from distributed import as_completed
+    """Drive several hybrid optimisations, keeping all their fine futures in flight.
 
-    owner = {}
-    pending = as_completed()
+    A fine future still running ``settings.fine_timeout_s`` seconds after its submission is
+    cancelled and handled like a failed calculation (reason "timed out after N s"). A task
+    already executing cannot be interrupted: it keeps its worker slot until it returns.
+    """
+    from distributed import wait
+
+    in_flight: dict = {}  # future key -> (future, optimizer, deadline or None), in order
+
+    def submit(optimizer: HybridOptimizer, positions: np.ndarray) -> None:
+        future = _submit(client, optimizer, positions)
+        timeout = optimizer.settings.fine_timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
+        in_flight[future.key] = (future, optimizer, deadline)
+
     for optimizer in optimizers:
-        future = _submit(client, optimizer, optimizer.start())
-        owner[future.key] = optimizer
-        pending.add(future)
+        submit(optimizer, optimizer.start())
     for optimizer in optimizers:
         optimizer.speculate()
-    for future in pending:
-        optimizer = owner.pop(future.key)
+    while in_flight:
+        deadlines = [d for _, _, d in in_flight.values() if d is not None]
+        timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
         try:
-            result = future.result()
-        except Exception as exc:  # e.g. KilledWorker: the task lost its workers repeatedly
-            optimizer.fail(f"{type(exc).__name__}: {exc}")
-            continue
-        if "error" in result:
-            optimizer.fail(result["error"], result["attempts"])
-            continue
-        following = optimizer.tell(result)
-        if on_round:
-            on_round(optimizer)
-        if following is not None:
-            nxt = _submit(client, optimizer, following)
-            owner[nxt.key] = optimizer
-            pending.add(nxt)
-            optimizer.speculate()
+            finished = wait([f for f, _, _ in in_flight.values()], timeout=timeout,
+                            return_when="FIRST_COMPLETED").done
+        except TimeoutError:
+            finished = set()
+        now = time.monotonic()
+        for key, (future, optimizer, deadline) in list(in_flight.items()):
+            if future not in finished:
+                if deadline is not None and now >= deadline:
+                    del in_flight[key]
+                    future.cancel()
+                    limit = optimizer.settings.fine_timeout_s
+                    optimizer.fail(f"timed out after {limit:g} s",
+                                   [{"outcome": "timed_out", "timeout_s": limit}])
+                continue
+            del in_flight[key]
+            try:
+                result = future.result()
+            except Exception as exc:  # e.g. KilledWorker: the task lost its workers repeatedly
+                optimizer.fail(f"{type(exc).__name__}: {exc}")
+                continue
+            if "error" in result:
+                optimizer.fail(result["error"], result["attempts"])
+                continue
+            following = optimizer.tell(result)
+            if on_round:
+                on_round(optimizer)
+            if following is not None:
+                submit(optimizer, following)
+                optimizer.speculate()
     return [optimizer.summary() for optimizer in optimizers]
 
