@@ -245,7 +245,9 @@ class _Frame:
             raise self.error(int(atoms[j]), f"{expected(j)}; {_THIOLATE_HINT}")
 
     def error(self, atom: int, message: str) -> SchemeError:
-        where = "" if self.label is None else f"frame {self.label}, "
+        # A text label names its frame itself ("segment 3 frame 5"); a number is an index.
+        where = ("" if self.label is None else f"{self.label}, " if isinstance(self.label, str)
+                 else f"frame {self.label}, ")
         symbol = chemical_symbols[self.numbers[atom]]
         return SchemeError(f"{where}atom {atom} ({symbol}): {message}")
 

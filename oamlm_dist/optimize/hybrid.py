@@ -186,7 +186,12 @@ class HybridOptimizer:
             self.state.stopped = f"fine-call budget of {s.max_fine} reached"
             return None
         self.fine_bfgs.update(x[self.free].ravel(), forces[self.free].ravel())
-        self.model.add([self._fine_frame(point)], weight=s.new_weight)
+        try:
+            self.model.add([self._fine_frame(point)], weight=s.new_weight)
+        except OamlmError as exc:
+            # e.g. a step broke a bond the atom-class scheme relies on: keep optimising on
+            # fine forces, without learning from this geometry.
+            self.state.rounds[-1]["not_learned"] = str(exc)
         best = min(self.points, key=lambda p: p.energy)
         if point.kind == "ml" and point.energy > best.energy + s.energy_tolerance:
             # The ML round went uphill: shrink the trust radius and step from the best point.
