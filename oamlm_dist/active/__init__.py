@@ -1,0 +1,1 @@
+"""Active learning: bootstrap ensembles, nearsighted chunks and the learn loop."""
