@@ -14,7 +14,7 @@ from distributed import Client, LocalCluster
 from oamlm_dist.descriptors import SoapSettings
 from oamlm_dist.errors import SCFConvergenceError
 from oamlm_dist.optimize import hybrid
-from oamlm_dist.optimize.hybrid import HybridOptimizer, optimize_many
+from oamlm_dist.optimize.hybrid import FineBFGS, HybridOptimizer, optimize_many
 from oamlm_dist.optimize.hybrid import fine_single_point as real_single_point
 from oamlm_dist.optimize.mlbfgs import ml_bfgs
 from oamlm_dist.optimize.online import OnlineModel
@@ -167,3 +167,22 @@ def test_ml_bfgs_alternates_groups_and_respects_the_trust_radius():
     limited = ml_bfgs(atoms, fmax=1e-4, steps=200, maxstep=0.1, max_displacement=0.1)
     assert limited["trust_limited"]
     assert np.linalg.norm(atoms.positions - start, axis=1).max() <= 0.1 + 1e-9
+
+
+def test_fine_bfgs_takes_the_steps_of_ase_bfgs():
+    atoms = start_structure()
+    atoms.calc = EMT()
+    reference = []
+    optimizer = BFGS(atoms, logfile=None)
+    optimizer.attach(lambda: reference.append(atoms.get_positions().copy()))
+    optimizer.run(fmax=0.05, steps=6)
+    mine = FineBFGS(3 * len(atoms), maxstep=optimizer.maxstep)
+    probe = start_structure()
+    probe.calc = EMT()
+    positions = [probe.get_positions().copy()]
+    for _ in range(6):
+        x, f = probe.get_positions().ravel(), probe.get_forces().ravel()
+        mine.update(x, f)
+        probe.set_positions((x + mine.step(f)).reshape(-1, 3))
+        positions.append(probe.get_positions().copy())
+    assert np.allclose(np.array(positions), np.array(reference[:7]), atol=1e-10)

@@ -82,7 +82,7 @@ class FineBFGS:
     def update(self, x: np.ndarray, f: np.ndarray) -> None:
         if self.previous is not None:
             dx, df = x - self.previous[0], f - self.previous[1]
-            a, dg = dx @ -df, self.H @ dx
+            a, dg = dx @ df, self.H @ dx
             b = dx @ dg
             if abs(a) > 1e-12 and abs(b) > 1e-12:
                 self.H -= np.outer(df, df) / a + np.outer(dg, dg) / b
