@@ -1,0 +1,138 @@
+"""Fine-call counts of the hybrid optimiser against ASE optimisers on the fine calculator.
+
+Systems: Au_n(SCH3)_n rings (n = 4..7) and a C10 alkane, relaxed with xTB, then rattled
+(0.15 Å, fixed seeds); every optimiser starts from the same geometry and stops at fine
+fmax <= 0.05 eV/Å. Peers run on xTB directly: ASE BFGS, LBFGS, FIRE and GPMin. The hybrid
+runs with a model pre-trained on MD of *other* ring sizes (3 and 8; alkanes C2-C4 for C10)
+and from a cold start. The last line is one JSON object with, per system and optimiser,
+``fine_calls`` and ``energy``, and ``fine_call_ratio_vs_bfgs``.
+
+Usage: python benchmarks/hybrid.py [--quick] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from ase.optimize import BFGS, FIRE, LBFGS, GPMin
+
+from oamlm_dist.calculators import make_calculator
+from oamlm_dist.cluster import get_client
+from oamlm_dist.describe import describe
+from oamlm_dist.optimize.hybrid import HybridOptimizer, HybridSettings, optimize_many
+from oamlm_dist.optimize.run import online_model
+from oamlm_dist.sample import MDSettings, sample
+from oamlm_dist.store import Store
+from oamlm_dist.structures import alkane, gold_thiolate_ring, rattle
+from oamlm_dist.training import FitSettings, fit
+
+FMAX = 0.05
+
+
+class CountingXTB:
+    """Counts the fine calls an ASE optimiser makes (cached repeats are not calls)."""
+
+    def __init__(self):
+        self.calc = make_calculator("xtb")
+        self.calls = 0
+        original = self.calc.calculate
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        self.calc.calculate = counted
+
+
+def xtb_minimum(atoms):
+    atoms = atoms.copy()
+    atoms.calc = make_calculator("xtb")
+    BFGS(atoms, logfile=None).run(fmax=0.01, steps=500)
+    atoms.calc = None
+    return atoms
+
+
+def run_peer(cls, start):
+    atoms = start.copy()
+    counter = CountingXTB()
+    atoms.calc = counter.calc
+    optimizer = cls(atoms, logfile=None)
+    converged = optimizer.run(fmax=FMAX, steps=400)
+    return {"fine_calls": counter.calls, "energy": float(atoms.get_potential_energy()),
+            "converged": bool(converged)}
+
+
+def pretrain(out: Path, client, quick: bool) -> dict[str, tuple[str, str]]:
+    """Models per kind: (store, model name). Rings and alkanes need separate schemes."""
+    steps = 80 if quick else 400
+    md = MDSettings(temperature=500, steps=steps, timestep=1.5, interval=2, seed=3)
+    references = 300 if quick else 800
+    models = {}
+    for kind, structures, scheme, soap in (
+            ("ring", "rings:3,rings:8", "thiolate", "r_cut=4,n_max=6,l_max=4"),
+            ("alkane", "alkanes:2-4", "element", "r_cut=3,n_max=6,l_max=1")):
+        store = str(out / f"{kind}s.zarr")
+        sample(store, structures, "xtb", {}, md, runs=2, client=client)
+        describe(store, scheme, soap, client, block_frames=50)
+        fit(store, kind, client, FitSettings(references=references))
+        models[kind] = (store, kind)
+    return models
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="two rings, short MD")
+    parser.add_argument("--out", default="/tmp/oamlm-hybrid-bench")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    systems = {f"ring-Au{n}": gold_thiolate_ring(n) for n in ((4, 6) if args.quick
+                                                             else (4, 5, 6, 7))}
+    systems["alkane-C10"] = alkane(10)
+    started = time.perf_counter()
+    results: dict[str, dict] = {}
+    with get_client() as client:
+        t = time.perf_counter()
+        models = pretrain(out, client, args.quick)
+        pretrain_s = time.perf_counter() - t
+        for index, (name, atoms) in enumerate(systems.items()):
+            start = rattle(xtb_minimum(atoms), 0.15, seed=10 + index)
+            row = {peer.__name__: run_peer(peer, start) for peer in (BFGS, LBFGS, FIRE, GPMin)}
+            kind = "alkane" if name.startswith("alkane") else "ring"
+            store, model_name = models[kind]
+            for label, model in (("hybrid_pretrained", model_name), ("hybrid_cold", None)):
+                online = online_model(Store.open(store), model, [start], None)
+                optimizer = HybridOptimizer(start, online, "xtb", {}, HybridSettings(fmax=FMAX),
+                                            name=f"{name}-{label}")
+                result = optimize_many([optimizer], client)[0]
+                row[label] = {"fine_calls": result["fine_calls"], "energy": result["energy"],
+                              "converged": result["converged"], "ml_calls": result["ml_calls"],
+                              "wall_s": result["wall_s"]}
+            bfgs = row["BFGS"]
+            for entry in row.values():
+                entry["fine_call_ratio_vs_bfgs"] = round(bfgs["fine_calls"] /
+                                                         max(entry["fine_calls"], 1), 2)
+                entry["energy_minus_bfgs_meV"] = round(1000 * (entry["energy"] -
+                                                               bfgs["energy"]), 2)
+            results[name] = row
+            print(name, json.dumps({k: (v["fine_calls"], v["energy_minus_bfgs_meV"])
+                                    for k, v in row.items()}), flush=True)
+    ratios = [r["hybrid_pretrained"]["fine_call_ratio_vs_bfgs"] for r in results.values()]
+    summary = {"benchmark": "hybrid", "fmax": FMAX, "quick": args.quick,
+               "systems": results, "pretrain_s": round(pretrain_s, 1),
+               "fine_call_ratio_vs_bfgs": {name: r["hybrid_pretrained"]["fine_call_ratio_vs_bfgs"]
+                                           for name, r in results.items()},
+               "mean_ratio_pretrained": round(float(np.mean(ratios)), 2),
+               "wall_s": round(time.perf_counter() - started, 1),
+               "cpus": os.cpu_count()}
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
