@@ -11,15 +11,24 @@ so every run computes the full descriptor set. Peers, measured in the same proce
 * ``describe_frames``: our per-frame path in memory (atom classes, neighbourhoods, SOAP rows),
   no store and no Dask;
 * ``serial_blocks``: ``describe_block`` called block after block in this process -- the same
-  work as one Dask task each, with the store reads and writes, but no Dask.
+  work as one Dask task each, with the store reads and writes, but no Dask. Its tasks' own
+  timings give the per-block profile (reading frames, computing and writing rows, marker).
 
-Efficiency of ``n`` workers is ``rate_n / (n * rate_peer)``. The project's goal is an
+Efficiency of ``n`` workers is ``rate_n / (n * rate_peer)``. Since the machine may be shared,
+CPU time is recorded too: the peers' process time and the Dask workers' (and scheduler's)
+process CPU per run; ``cpu_efficiency_vs_<peer>`` is the peer's CPU time over the workers',
+the share of the workers' CPU that the peer's work would need. The project's goal is an
 efficiency of at least 0.9 against the single-process peer for ``n`` up to the core count;
 larger ``n`` oversubscribes the machine and is reported without a goal. Each measurement is
 repeated and the best wall time is used (the machine may be shared: the load average at start
 and end is recorded). The last printed line is one JSON object.
 
-Usage: ``python benchmarks/describe_throughput.py [--frames 1000 --block-frames 25 ...]``
+The default block of 250 frames (one per segment: 4 tasks, 2 per worker at the core count;
+about 9800 rows, 80 MB of SOAP rows) keeps a block's fixed cost (opening the store, reading
+the frames, the done-marker, the task's round trip: about 20 ms) under 10 % of its SOAP time
+(~200 ms). Blocks of 125 frames balance more finely but cost about 10 % more CPU here.
+
+Usage: ``python benchmarks/describe_throughput.py [--frames 1000 --block-frames 250 ...]``
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["MKL_NUM_THREADS"] = "1"
 
 import numpy as np
+import psutil
 from ase.calculators.singlepoint import SinglePointCalculator
 from distributed import Client, get_task_stream
 
@@ -98,19 +108,32 @@ def best_and_median(times: list[float]) -> dict:
             "wall_s_all": [round(t, 4) for t in times]}
 
 
-def timed(func, *args, **kwargs) -> tuple[object, float]:
-    start = time.perf_counter()
+def timed(func, *args, **kwargs) -> tuple[object, float, float]:
+    """``func``'s result, wall time and this process's CPU time."""
+    start, cpu = time.perf_counter(), time.process_time()
     result = func(*args, **kwargs)
-    return result, time.perf_counter() - start
+    return result, time.perf_counter() - start, time.process_time() - cpu
 
 
-def serial_blocks(store_path: Path, spec: DescriptorSpec) -> str:
+def serial_blocks(store_path: Path, spec: DescriptorSpec) -> list[dict]:
     """Every block of the stage through ``describe_block``, one after another, no Dask."""
     store = Store.open(store_path, mode="a")
     name = prepare_set(store, spec)
-    for segment, block in plan_blocks(store, spec.block_frames):
-        describe_block(str(store_path), name, segment, block)
-    return name
+    return [describe_block(str(store_path), name, segment, block)
+            for segment, block in plan_blocks(store, spec.block_frames)]
+
+
+def block_profile(results: list[dict]) -> dict:
+    """Mean wall time per block (ms) of the parts of ``describe_block``."""
+    parts = ("read_s", "rows_s", "mark_s", "wall_s")
+    return {part.replace("_s", "_ms"): round(1e3 * float(np.mean([r[part] for r in results])), 2)
+            for part in parts}
+
+
+def process_cpu() -> float:
+    """User + system CPU seconds of this process so far (run on workers and scheduler)."""
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
 
 
 def task_seconds(stream: list[dict]) -> float:
@@ -127,11 +150,19 @@ def warm_worker() -> int:
     return os.getpid()
 
 
+def dscribe_in_worker(frames: list, settings: SoapSettings) -> tuple[float, float]:
+    """Wall and CPU time of the ``dscribe_create`` peer inside a Dask worker, whose
+    environment (allocator settings, event loop) differs from this process's."""
+    soap = make_soap(settings)
+    _, wall, cpu = timed(soap.create, frames, n_jobs=1)
+    return wall, cpu
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=1000)
     parser.add_argument("--segments", type=int, default=4)
-    parser.add_argument("--block-frames", type=int, default=25)
+    parser.add_argument("--block-frames", type=int, default=250)
     parser.add_argument("--workers", default="1,2,4", help="comma-separated worker counts")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stdev", type=float, default=0.05, help="rattle amplitude (Å)")
@@ -143,7 +174,7 @@ def main() -> None:
     t_begin = time.perf_counter()
 
     sizes = range(5, 9)
-    frames, t_build = timed(build_frames, args.frames, sizes, args.stdev, args.seed)
+    frames, t_build, _ = timed(build_frames, args.frames, sizes, args.stdev, args.seed)
     n_atoms = sum(len(a) for a in frames)
     workdir = Path(tempfile.mkdtemp(prefix="describe-throughput-"))
     try:
@@ -161,32 +192,39 @@ def main() -> None:
               f"{soap.get_number_of_features()} SOAP features; built in {t_build:.1f} s")
         print(f"cpu_count {cpu_count}, load average at start {load_start}")
 
-        def run_peers(times: dict[str, list[float]], keep_rows: bool) -> dict | None:
+        def run_peers(times: dict[str, list[float]], cpu: dict[str, list[float]],
+                      profiles: list[dict], keep_rows: bool) -> dict | None:
             kept = None
             for _ in range(args.repeats):
-                X, t = timed(soap.create, frames, n_jobs=1)
+                X, t, c = timed(soap.create, frames, n_jobs=1)
                 assert sum(len(x) for x in X) == n_atoms
                 del X
                 times["dscribe_create"].append(t)
-                rows, t = timed(describe_frames, frames, spec)
+                cpu["dscribe_create"].append(c)
+                rows, t, c = timed(describe_frames, frames, spec)
                 assert sum(len(r["atom"]) for r in rows.values()) == n_atoms
                 if keep_rows and kept is None:
                     kept = rows
                 del rows
                 times["describe_frames"].append(t)
+                cpu["describe_frames"].append(c)
                 path = fresh_copy(template, workdir, "serial")
-                _, t = timed(serial_blocks, path, spec)
+                blocks, t, c = timed(serial_blocks, path, spec)
                 times["serial_blocks"].append(t)
+                cpu["serial_blocks"].append(c)
+                profiles.append(block_profile(blocks))
                 shutil.rmtree(path)
             return kept
 
-        peer_times: dict[str, list[float]] = {k: [] for k in
-                                              ("dscribe_create", "describe_frames",
-                                               "serial_blocks")}
-        reference_rows = run_peers(peer_times, keep_rows=True)
+        peer_names = ("dscribe_create", "describe_frames", "serial_blocks")
+        peer_times: dict[str, list[float]] = {k: [] for k in peer_names}
+        peer_cpu: dict[str, list[float]] = {k: [] for k in peer_names}
+        profiles: list[dict] = []
+        reference_rows = run_peers(peer_times, peer_cpu, profiles, keep_rows=True)
         for key, times in peer_times.items():
             print(f"peer {key:16s} best {min(times):7.2f} s  "
-                  f"{n_atoms / min(times):9.0f} rows/s  (runs {[round(t, 2) for t in times]})")
+                  f"{n_atoms / min(times):9.0f} rows/s  (runs {[round(t, 2) for t in times]}, "
+                  f"CPU {[round(c, 2) for c in peer_cpu[key]]} s)")
 
         results = {}
         rows_check = None
@@ -196,17 +234,26 @@ def main() -> None:
             client = Client(cluster)
             client.wait_for_workers(n)
             t_start = time.perf_counter() - t0
-            _, t_warm = timed(client.run, warm_worker)
-            walls, busy = [], []
+            _, t_warm, _ = timed(client.run, warm_worker)
+            walls, busy, worker_cpu, scheduler_cpu, in_worker = [], [], [], [], []
+            remote_frames = client.scatter(frames)
             try:
                 for repeat in range(args.repeats):
+                    in_worker.append(client.submit(dscribe_in_worker, remote_frames, settings,
+                                                   pure=False).result())
                     path = fresh_copy(template, workdir, f"w{n}-r{repeat}")
+                    cpu_before = client.run(process_cpu)
+                    scheduler_before = client.run_on_scheduler(process_cpu)
                     # The stage's progress bar is part of the cost; its text is not shown.
                     with (contextlib.redirect_stdout(io.StringIO()),
                           get_task_stream(client) as stream):
-                        summary, t = timed(describe, path, SCHEME, settings, client,
-                                           neighbours=NEIGHBOURS,
-                                           block_frames=args.block_frames)
+                        summary, t, _ = timed(describe, path, SCHEME, settings, client,
+                                              neighbours=NEIGHBOURS,
+                                              block_frames=args.block_frames)
+                    cpu_after = client.run(process_cpu)
+                    scheduler_cpu.append(client.run_on_scheduler(process_cpu)
+                                         - scheduler_before)
+                    worker_cpu.append(sum(cpu_after[w] - cpu_before[w] for w in cpu_after))
                     walls.append(t)
                     busy.append(task_seconds(stream.data))
                     if sum(summary["rows"].values()) != n_atoms:
@@ -228,19 +275,25 @@ def main() -> None:
                 cluster.close()
             best = int(np.argmin(walls))
             results[n] = {"cluster_start_s": t_start, "worker_warmup_s": t_warm,
-                          "task_s": busy[best], **best_and_median(walls)}
+                          "task_s": busy[best], "worker_cpu_s": min(worker_cpu),
+                          "scheduler_cpu_s": scheduler_cpu[best],
+                          "dscribe_in_worker_s": min(w for w, _ in in_worker),
+                          "dscribe_in_worker_cpu_s": min(c for _, c in in_worker),
+                          **best_and_median(walls)}
             print(f"{n} worker(s): start-up {t_start:.2f} s (+{t_warm:.2f} s imports), "
                   f"describe best {min(walls):.2f} s, {n_atoms / min(walls):.0f} rows/s "
-                  f"(runs {[round(t, 2) for t in walls]})")
+                  f"(runs {[round(t, 2) for t in walls]}; worker CPU "
+                  f"{[round(c, 2) for c in worker_cpu]} s)")
 
         # Peers again after the Dask runs, so load drift affects both sides alike.
-        run_peers(peer_times, keep_rows=False)
+        run_peers(peer_times, peer_cpu, profiles, keep_rows=False)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
     peers = {}
     for key, times in peer_times.items():
-        peers[key] = {**best_and_median(times), "rows_per_s": n_atoms / min(times)}
+        peers[key] = {**best_and_median(times), "rows_per_s": n_atoms / min(times),
+                      "cpu_s": min(peer_cpu[key])}
     print("peers after the Dask runs: " + ", ".join(
         f"{k} {[round(t, 2) for t in v[args.repeats:]]} s" for k, v in peer_times.items()))
 
@@ -258,16 +311,26 @@ def main() -> None:
             # Dask (scheduling, transfers, idle tail) and the client's submit/gather.
             "task_compute_s": round(res["task_s"], 4),
             "worker_busy_fraction": round(res["task_s"] / (n * res["wall_s"]), 3),
+            # CPU of all workers over the run (best repeat) and of the scheduler.
+            "worker_cpu_s": round(res["worker_cpu_s"], 4),
+            "scheduler_cpu_s": round(res["scheduler_cpu_s"], 4),
+            # The dscribe_create peer run as a task on a worker of this cluster.
+            "dscribe_create_in_worker_s": round(res["dscribe_in_worker_s"], 4),
+            "dscribe_create_in_worker_cpu_s": round(res["dscribe_in_worker_cpu_s"], 4),
             "oversubscribed": n > cpu_count,
             "goal_applies": n <= cpu_count,
         }
         for key in peers:
             entry[f"efficiency_vs_{key}"] = round(rate / (n * peers[key]["rows_per_s"]), 3)
+        for key in peers:
+            entry[f"cpu_efficiency_vs_{key}"] = round(peers[key]["cpu_s"] / res["worker_cpu_s"],
+                                                      3)
         workers_json[str(n)] = entry
         print(f"{n} worker(s): {rate:9.0f} rows/s; efficiency vs dscribe_create "
               f"{entry['efficiency_vs_dscribe_create']:.2f}, vs describe_frames "
               f"{entry['efficiency_vs_describe_frames']:.2f}, vs serial_blocks "
-              f"{entry['efficiency_vs_serial_blocks']:.2f}; tasks busy "
+              f"{entry['efficiency_vs_serial_blocks']:.2f}; CPU efficiency vs dscribe_create "
+              f"{entry['cpu_efficiency_vs_dscribe_create']:.2f}; tasks busy "
               f"{entry['worker_busy_fraction']:.2f} of {n} x wall"
               + ("  (oversubscribed)" if n > cpu_count else ""))
 
@@ -301,8 +364,12 @@ def main() -> None:
         "loadavg_end": [round(x, 2) for x in load_end],
         "peers": {k: {"wall_s": round(v["wall_s"], 4),
                       "wall_s_median": round(v["wall_s_median"], 4),
-                      "wall_s_all": v["wall_s_all"], "rows_per_s": round(v["rows_per_s"], 1)}
+                      "wall_s_all": v["wall_s_all"], "rows_per_s": round(v["rows_per_s"], 1),
+                      "cpu_s": round(v["cpu_s"], 4)}
                   for k, v in peers.items()},
+        # Per block of serial_blocks (best repeat by wall): reading frames, computing and
+        # writing the rows, writing the done-marker, whole task.
+        "serial_block_profile_ms": min(profiles, key=lambda p: p["wall_ms"]),
         "workers": workers_json,
         "goal": goal,
         "stored_rows_max_abs_diff_vs_in_process": rows_check,

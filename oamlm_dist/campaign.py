@@ -83,6 +83,7 @@ class OptimizeStage:
     calc_params: dict = field(default_factory=dict)
     fmax: float = 0.05
     max_fine: int = 100
+    fine_timeout_s: float | None = None
     use_model: bool = True
     out: str = "relax"
 
@@ -250,7 +251,8 @@ def run_campaign(campaign: Campaign, client, log=print) -> dict:
             model = campaign.fit.model if (spec.use_model and campaign.fit) else None
             results[stage] = optimize(spec.structures, campaign.store, client, spec.calculator,
                                       spec.calc_params,
-                                      HybridSettings(fmax=spec.fmax, max_fine=spec.max_fine),
+                                      HybridSettings(fmax=spec.fmax, max_fine=spec.max_fine,
+                                                     fine_timeout_s=spec.fine_timeout_s),
                                       model=model, out_dir=spec.out)
         Store.open(campaign.store, mode="a").mark_done(_stage_key(campaign), stage)
     return results

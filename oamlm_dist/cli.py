@@ -7,7 +7,7 @@ import json
 import sys
 
 from oamlm_dist import __version__
-from oamlm_dist.errors import OamlmError
+from oamlm_dist.errors import InputError, OamlmError
 
 EXIT_USER_ERROR = 2
 
@@ -44,6 +44,9 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         seed=args.seed,
     )
     calc_params = _parse_params(args.calc_param)
+    settings.validate()  # settings errors before a cluster is started
+    if args.runs < 1:
+        raise InputError(f"sample: --runs must be >= 1, got {args.runs}")
     with get_client(args.scheduler, n_workers=args.workers) as client:
         summary = sample(args.store, args.structures, args.calculator, calc_params, settings,
                          runs=args.runs, client=client)
@@ -65,14 +68,16 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     from oamlm_dist.cluster import get_client
     from oamlm_dist.training import FitSettings, fit, update
 
+    settings = FitSettings(
+        references=args.references, robust_epsilon=args.robust, seed=args.seed,
+        pool_size=args.pool_size, method=args.loss, accept=args.accept,
+        frames=args.frames, train_rows=args.train_rows)
+    if not args.update:
+        settings.validate()  # settings errors before a cluster is started
     with get_client(args.scheduler, n_workers=args.workers) as client:
         if args.update:
             summary = update(args.store, args.model, client, new_weight=args.new_weight)
         else:
-            settings = FitSettings(
-                references=args.references, robust_epsilon=args.robust, seed=args.seed,
-                pool_size=args.pool_size, method=args.loss, accept=args.accept,
-                frames=args.frames, train_rows=args.train_rows)
             summary = fit(args.store, args.model, client, settings, classes=args.classes,
                           descriptor_set=args.set)
     print(json.dumps(summary))
@@ -96,7 +101,8 @@ def _cmd_optimize(args: argparse.Namespace) -> None:
     from oamlm_dist.optimize.hybrid import HybridSettings
     from oamlm_dist.optimize.run import optimize
 
-    settings = HybridSettings(fmax=args.fmax, max_fine=args.max_fine, ml_maxstep=args.maxstep)
+    settings = HybridSettings(fmax=args.fmax, max_fine=args.max_fine, ml_maxstep=args.maxstep,
+                              fine_timeout_s=args.fine_timeout)
     with get_client(args.scheduler, n_workers=args.workers) as client:
         results = optimize(args.structures, args.store, client, args.calculator,
                            _parse_params(args.calc_param), settings, model=args.model,
@@ -146,6 +152,93 @@ def _cmd_campaign(args: argparse.Namespace) -> None:
         summary["evaluate"] = {c: round(m["weighted_angle_deg"], 2)
                                for c, m in results["evaluate"]["classes"].items()}
     print(json.dumps(summary))
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from oamlm_dist.report import write_report
+
+    campaign = None
+    if args.campaign:
+        from oamlm_dist.campaign import load_campaign
+
+        campaign = load_campaign(args.campaign)
+    store = args.store or (campaign.store if campaign else None)
+    if store is None:
+        raise OamlmError("give a STORE or --campaign FILE")
+    result = write_report(store, args.out, campaign=campaign, evaluations=args.evaluation or [],
+                          fmax_target=args.fmax)
+    print(f"report: {result['report']} ({len(result['plots'])} optimisation plots)")
+    print(json.dumps(result))
+
+
+def _cmd_learn(args: argparse.Namespace) -> None:
+    from oamlm_dist.active.loop import LearnSettings, learn
+    from oamlm_dist.cluster import get_client
+    from oamlm_dist.structures import parse_structures
+
+    settings = LearnSettings(
+        members=args.members, references=args.references, tolerance=args.tolerance,
+        threshold=args.threshold, budget=args.budget, max_iterations=args.max_iterations,
+        per_iteration=args.per_iteration, patience_additions=args.patience,
+        patience_improvement=args.stall,
+        sampler=args.sampler, candidates=args.candidates, rattle=args.rattle,
+        md_steps=args.md_steps, md_temperature=args.temperature,
+        chunk_cutoff=args.chunk_cutoff, vacuum=args.vacuum, seed=args.seed)
+    settings.validate()  # settings errors before a cluster is started
+    structures = parse_structures(args.structures)
+    params = _parse_params(args.calc_param)
+
+    def line(entry: dict) -> None:
+        u = entry["max_uncertainty"]
+        print(f"iteration {entry['iteration']}: additions {entry['additions']}, "
+              f"max uncertainty {'-' if u is None else f'{u:.3f} eV/Å'}, "
+              f"fine calls {entry['fine_calls']}"
+              + ("" if entry.get("covered", True) else " (classes with < 2 training rows)"),
+              flush=True)
+
+    with get_client(args.scheduler, n_workers=args.workers) as client:
+        summary = learn(args.store, args.model, structures, client, args.calculator, params,
+                        settings, initial=args.frames, on_iteration=line)
+    print(json.dumps(summary))
+
+
+def _cmd_hpo(args: argparse.Namespace) -> None:
+    from oamlm_dist.hpo import SearchSpace, Split, hpo_report, run_hpo
+
+    if args.report:
+        report = hpo_report(args.store, args.run, plot=args.plot)
+        print(f"run {report['run']}")
+        for stage, s in report["stages"].items():
+            failed = ", ".join(f"{k} {v}" for k, v in s["failed"].items()) or "none"
+            print(f"{stage}: {s['evaluations']} evaluations in {s['iterations']} iterations "
+                  f"(failed: {failed}), mean {s['mean_wall_s']:.2f} s on "
+                  f"{len(s['workers'])} worker(s); best {s['objective']} at "
+                  f"{json.dumps(s['best'])}")
+        print(f"plot: {report['plot']}")
+        return
+    if not args.space:
+        raise InputError("hpo: give --space FILE (or --report)")
+    if args.particles < 1 or args.iterations < 1:
+        raise InputError("hpo: --particles and --iterations must be >= 1")
+    space = SearchSpace.from_yaml(args.space)
+    split = Split(train=args.train, validation=args.validation,
+                  fraction=args.validation_fraction, seed=args.seed)
+    options = dict(particles=args.particles, iterations=args.iterations,
+                   strategy=args.strategy, run=args.run, split=split, timeout=args.timeout,
+                   seed=args.seed, scheme=args.scheme, norm_weight=args.norm_weight,
+                   skew_weight=args.skew_weight, zeta=args.zeta, inertia=args.inertia,
+                   restart=args.restart, progress=lambda line: print(line, flush=True))
+    if args.in_process:
+        result = run_hpo(args.store, space, **options)
+    else:
+        import os
+
+        from oamlm_dist.cluster import get_client
+
+        workers = args.workers or min(args.particles, os.cpu_count() or 1)
+        with get_client(args.scheduler, n_workers=workers) as client:
+            result = run_hpo(args.store, space, client=client, **options)
+    print(json.dumps(result))
 
 
 def _parse_params(items: list[str] | None) -> dict:
@@ -259,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fmax", type=float, default=0.05, help="eV/Å, on fine forces")
     p.add_argument("--max-fine", type=int, default=100, help="fine-call budget per structure")
     p.add_argument("--maxstep", type=float, default=0.1, help="ML-BFGS step cap (Å)")
+    p.add_argument("--fine-timeout", type=float, default=None, metavar="SECONDS",
+                   help="a fine calculation running longer counts as failed (default: none)")
     p.add_argument("--scheme", choices=["thiolate", "element"], default=None,
                    help="cold start: atom-class scheme (default from the elements)")
     p.add_argument("--out", default=".", help="directory for trajectories and final frames")
@@ -270,6 +365,90 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["run", "resume", "status"])
     p.add_argument("file", help="campaign YAML")
     p.set_defaults(func=_cmd_campaign)
+
+    p = sub.add_parser("report", help="write a Markdown summary of a store or campaign")
+    p.add_argument("store", nargs="?", default=None,
+                   help="the store (default: the --campaign file's store)")
+    p.add_argument("--campaign", default=None, help="campaign YAML: stage status and its files")
+    p.add_argument("--evaluation", action="append", metavar="JSON",
+                   help="an `evaluate --json` result to include with its plots (repeatable)")
+    p.add_argument("--fmax", type=float, default=None,
+                   help="fmax target line in the optimisation plots (default: the campaign's)")
+    p.add_argument("--out", default="report.md",
+                   help="Markdown file; plots go to <stem>-figures/ beside it")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("learn", help="active learning: ensemble uncertainty, fine checks, "
+                       "retraining")
+    p.add_argument("store")
+    p.add_argument("--model", required=True,
+                   help="loop name; state in active/NAME, ensemble in models/NAME-m<j>")
+    p.add_argument("--structures", required=True,
+                   help="start structures: e.g. rings:4-6, alkanes:2-3 or a structure file")
+    p.add_argument("--calculator", choices=["xtb", "gpaw", "emt"], default="xtb")
+    p.add_argument("--calc-param", action="append", metavar="KEY=VALUE")
+    p.add_argument("--budget", type=int, required=True, help="fine calls in total")
+    p.add_argument("--members", type=int, default=4, help="bootstrap ensemble size")
+    p.add_argument("--references", type=int, default=500, help="K per class and member")
+    p.add_argument("--tolerance", type=float, default=0.3,
+                   help="eV/Å: a checked item whose force error exceeds this is added")
+    p.add_argument("--threshold", type=float, default=0.05,
+                   help="eV/Å: stop when the largest atomic uncertainty is below this")
+    p.add_argument("--max-iterations", type=int, default=20)
+    p.add_argument("--per-iteration", type=int, default=4, help="fine calls per iteration")
+    p.add_argument("--patience", type=int, default=5,
+                   help="stop after this many iterations without additions")
+    p.add_argument("--stall", type=int, default=2,
+                   help="stop after this many iterations without a lower max uncertainty")
+    p.add_argument("--sampler", choices=["rattle", "md"], default="rattle",
+                   help="candidates: rattled copies or ML-driven MD on the ensemble mean")
+    p.add_argument("--candidates", type=int, default=8, help="per start structure")
+    p.add_argument("--rattle", type=float, default=0.1, help="Å, rattle sampler")
+    p.add_argument("--md-steps", type=int, default=40)
+    p.add_argument("--temperature", type=float, default=500.0, help="K, MD sampler")
+    p.add_argument("--chunk-cutoff", type=float, default=None,
+                   help="Å: check the most uncertain atoms by nearsighted chunks")
+    p.add_argument("--vacuum", type=float, default=6.0, help="Å around each chunk")
+    p.add_argument("--frames", default=None,
+                   help="initial training segments (default: all frames in the store)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_cluster_args(p)
+    p.set_defaults(func=_cmd_learn)
+
+    p = sub.add_parser("hpo", help="particle swarm search of SOAP and model hyper-parameters")
+    p.add_argument("store")
+    p.add_argument("--space", default=None,
+                   help="YAML: per parameter low, high, type: int|float, log: true (or value)")
+    p.add_argument("--particles", type=int, default=16)
+    p.add_argument("--iterations", type=int, default=30, help="per stage for strategy 2")
+    p.add_argument("--strategy", type=int, choices=[1, 2], default=1,
+                   help="1: all parameters on the force error; 2: SOAP from the kernel "
+                   "distribution first, then the model parameters")
+    p.add_argument("--run", default=None,
+                   help="run name (default: from the settings; rerun to resume)")
+    p.add_argument("--train", default=None, help="training segments (selector as for fit)")
+    p.add_argument("--validation", default=None, help="validation segments")
+    p.add_argument("--validation-fraction", type=float, default=0.2,
+                   help="without selectors: random fraction of frames that validates")
+    p.add_argument("--scheme", choices=["thiolate", "element"], default=None,
+                   help="atom classes (default from the elements)")
+    p.add_argument("--norm-weight", type=float, default=90.0,
+                   help="objective = angle (deg) + w x normalised norm RMSE")
+    p.add_argument("--skew-weight", type=float, default=0.05,
+                   help="strategy 2 stage 1: -std + w x |skew| of the kernel")
+    p.add_argument("--zeta", type=float, default=2.0, help="kernel exponent (stage 1)")
+    p.add_argument("--inertia", type=float, default=0.0, help="swarm inertia (seed: 0)")
+    p.add_argument("--restart", type=float, default=0.0,
+                   help="re-draw a swarm collapsed within this fraction of every range")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds per iteration; unfinished evaluations fail and are re-drawn")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--in-process", action="store_true", help="evaluate without Dask")
+    p.add_argument("--report", action="store_true",
+                   help="summarise a recorded run and write its convergence plot")
+    p.add_argument("--plot", default=None, help="with --report: PNG path")
+    _add_cluster_args(p)
+    p.set_defaults(func=_cmd_hpo)
     return parser
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 import numpy as np
 
 from oamlm_dist.describe import describe_frames
+from oamlm_dist.errors import InputError
 from oamlm_dist.forcefield import ForceModel
 from oamlm_dist.ingest import validate_file
 from oamlm_dist.models.oamlm import angles_deg, median_angle_deg, weighted_angle_deg
@@ -47,11 +49,23 @@ def evaluate(store_path: str | os.PathLike, model: str, test_files: list[str], c
              method: str | None = None, chunk_frames: int = 20,
              plots: str | os.PathLike | None = None) -> dict:
     """Errors per class on the frames of ``test_files`` (validated like ingest input)."""
-    ForceModel.load(store_path, model)  # fail early on a missing or untrained model
-    frames = [atoms for path in test_files for atoms in validate_file(path, skip_bad=False)[0]]
+    force_model = ForceModel.load(store_path, model)  # fail early: missing or untrained
+    known = force_model.spec.soap.species
+    frames = []
+    for path in test_files:
+        for index, atoms in enumerate(validate_file(path, skip_bad=False)[0]):
+            symbols = atoms.get_chemical_symbols()
+            unknown = [i for i, symbol in enumerate(symbols) if symbol not in known]
+            if unknown:
+                atom, symbol = unknown[0], symbols[unknown[0]]
+                raise InputError(f"{path}, frame {index}, atom {atom} ({symbol}): element "
+                                 f"{symbol} is unknown to model {model!r} (it knows "
+                                 f"{', '.join(known)})")
+            frames.append(atoms)
+    run = uuid.uuid4().hex[:8]  # chunks of different test files must not share keys
     futures = [client.submit(predict_chunk, str(store_path), model,
                              frames[i:i + chunk_frames], method, pure=False,
-                             key=f"evaluate-{model}-{i}")
+                             key=f"evaluate-{model}-{run}-{i}")
                for i in range(0, len(frames), chunk_frames)]
     from distributed import progress
 

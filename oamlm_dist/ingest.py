@@ -3,6 +3,25 @@
 Every file is read and validated completely before anything is written, so bad input
 never leaves a partial segment behind. A file is identified by the sha256 of its bytes:
 ingesting it again is a no-op.
+
+Besides per-frame checks, a whole file is checked for forces in the wrong units
+(:func:`units_problem`), the usual mistake being Hartree/Bohr (1 Ha/Bohr = 51.42 eV/Å):
+
+1. *Energy consistency*, when consecutive frames are steps of a trajectory (same atoms, every
+   atom moved less than 0.5 Å) and carry energies: the energy change of a step equals the
+   work of the forces, ``ΔE ≈ -½ (F_i + F_i+1)·(x_i+1 - x_i)``. The least-squares slope of ΔE
+   on that work is 1 in consistent units, 51.4 for Ha/Bohr forces with eV energies and 0.043
+   for kcal/mol/Å. It is used only when it explains the energy changes (R² ≥ 0.9 over at
+   least 9 steps) and flags a slope outside [0.5, 2].
+2. Otherwise (no energies, or frames that are not steps of one trajectory) the *magnitude*:
+   a file of at least 10 frames whose RMS force per atom is below 0.05 eV/Å. Thermal MD has
+   about ``sqrt(3 k_B T k)`` per atom; xTB MD of gold-thiolate rings and alkanes at 300-750 K
+   gives 0.6-1.5 eV/Å, also in its first femtoseconds from a relaxed start (the same forces
+   in Ha/Bohr: 0.012-0.03), so real MD is never flagged. Heavy-atom MD started at a minimum
+   has smaller forces in its first femtoseconds (EMT Au13 at 300 K: 0.03 eV/Å over the first
+   5 fs); with energies such a file is judged by the consistency test. A file of only
+   tightly relaxed structures without energies is flagged: it has no force information to
+   learn from.
 """
 
 from __future__ import annotations
@@ -21,6 +40,13 @@ from oamlm_dist.store import FrameBatch, Store, sha256_of
 MIN_DISTANCE = 0.5  # Å; closer atoms mean a broken frame (or wrong units), never chemistry
 MAX_FORCE = 1000.0  # eV/Å; larger means wrong units (e.g. kcal/mol/Å) or an exploded SCF
 MAX_CELL = 1.0e4  # Å; a larger cell edge is a units or format error
+HARTREE_PER_BOHR = 51.42208  # eV/Å
+UNITS_SLOPE = (0.5, 2.0)  # accepted energy/force-work slope (see the module docstring)
+UNITS_MIN_R2 = 0.9
+UNITS_MIN_STEPS = 9
+UNITS_MAX_STEP = 0.5  # Å; larger moves are not trajectory steps
+MIN_FORCE_RMS = 0.05  # eV/Å, over a file of at least UNITS_MIN_FRAMES frames
+UNITS_MIN_FRAMES = 10
 
 
 @dataclass
@@ -120,6 +146,56 @@ def closest_pair(atoms: Atoms) -> tuple[int, int, float] | None:
     return (0, 1, float("inf"))
 
 
+def _energy(atoms: Atoms) -> float:
+    if atoms.calc is not None and "energy" in getattr(atoms.calc, "results", {}):
+        return float(atoms.calc.results["energy"])
+    return float(atoms.info.get("energy", np.nan))
+
+
+def units_problem(frames: list[Atoms]) -> str | None:
+    """Why the forces of a file (validated frames) look like they are not in eV/Å, or None.
+
+    See the module docstring for the two tests and their thresholds.
+    """
+    from ase.geometry import find_mic
+
+    forces = [_forces(atoms) for atoms in frames]
+    work, change = [], []
+    for i in range(len(frames) - 1):
+        a, b = frames[i], frames[i + 1]
+        e_a, e_b = _energy(a), _energy(b)
+        if len(a) != len(b) or (a.numbers != b.numbers).any() or not np.isfinite(e_a + e_b):
+            continue
+        step = b.positions - a.positions
+        if a.pbc.any():
+            step = find_mic(step, a.cell, a.pbc)[0]
+        if np.abs(step).max(initial=0.0) >= UNITS_MAX_STEP:
+            continue
+        work.append(-0.5 * float(np.sum((forces[i] + forces[i + 1]) * step)))
+        change.append(e_b - e_a)
+    if len(work) >= UNITS_MIN_STEPS:
+        w, d = np.array(work), np.array(change)
+        if w @ w > 0 and d @ d > 0:
+            slope = float(w @ d / (w @ w))
+            r2 = 1.0 - float(np.sum((d - slope * w) ** 2) / (d @ d))
+            if r2 >= UNITS_MIN_R2:
+                if UNITS_SLOPE[0] <= slope <= UNITS_SLOPE[1]:
+                    return None
+                hint = ("forces in Hartree/Bohr? multiply them by 51.42"
+                        if abs(np.log(slope / HARTREE_PER_BOHR)) < 0.5 else
+                        "forces and energies in different units?")
+                return (f"energy changes along the trajectory are {slope:.3g} times the work "
+                        f"of the forces over {len(w)} steps (1 in eV and eV/Å): {hint}")
+    if len(frames) >= UNITS_MIN_FRAMES:
+        rms = float(np.sqrt(np.mean(np.concatenate([np.sum(f ** 2, axis=1) for f in forces]))))
+        if rms < MIN_FORCE_RMS:
+            return (f"force RMS {rms:.3g} eV/Å over {len(frames)} frames is implausibly small "
+                    f"(< {MIN_FORCE_RMS} eV/Å; thermal MD has 0.5-2 eV/Å): forces in "
+                    "Hartree/Bohr? multiply them by 51.42 (tightly relaxed structures alone "
+                    "carry no force information to learn from)")
+    return None
+
+
 def validate_file(path: str | os.PathLike, skip_bad: bool) -> tuple[list[Atoms], IngestReport]:
     """Read and validate a file; bad frames raise (one line) unless ``skip_bad``."""
     frames = read_frames(path)
@@ -140,6 +216,9 @@ def validate_file(path: str | os.PathLike, skip_bad: bool) -> tuple[list[Atoms],
         report.problems.append(message)
     if not good:
         raise InputError(f"{path}: no usable frames ({report.skipped} bad)")
+    problem = units_problem(good)
+    if problem is not None:
+        raise InputError(f"{path}: {problem}")
     report.frames = len(good)
     return good, report
 

@@ -27,7 +27,7 @@ from ase.md.verlet import VelocityVerlet
 from oamlm_dist.calculators import calculator_settings, fine_single_point
 from oamlm_dist.cluster import FINE_RESOURCE
 from oamlm_dist.errors import InputError
-from oamlm_dist.store import FrameBatch, Store, settings_key
+from oamlm_dist.store import FrameBatch, Store, settings_key, task_token
 from oamlm_dist.structures import parse_structures
 
 
@@ -164,8 +164,8 @@ def sample(store_path: str | os.PathLike, structures: str | list[tuple[str, Atom
         futures.append(client.submit(
             run_md, str(store.path), plan["segment"].id, plan["atoms"], calculator, params,
             settings, plan["run"], key=f"md-{plan['name']}-run{plan['run']}-"
-            f"{plan['segment'].attrs['run_key']}", resources={FINE_RESOURCE: 1}, retries=2,
-            pure=False))
+            f"{plan['segment'].attrs['run_key']}-{task_token(store.path)}",
+            resources={FINE_RESOURCE: 1}, retries=2, pure=False))
     if futures:
         progress(futures)
     results = [future.result() for future in as_completed(futures)]

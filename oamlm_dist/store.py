@@ -7,9 +7,11 @@ Layout (``LAYOUT_VERSION`` 1)::
           numbers (A,) positions (A,3) forces (A,3) [momenta (A,3)]   atom rows, frames concatenated
           natoms (F,) cell (F,3,3) pbc (F,3) energy (F,)             frame rows (NaN: no energy)
           attrs: id, kind, source/run provenance, n_frames, n_atoms (the committed extent)
-      classes/<set>/<class>/<block>/  per-class rows (SOAP X, neighbourhoods P, Z, unit force Y,
-                                norm, segment, frame, atom), one group per frame block
-      models/<name>/<class>/    trained models
+      classes/<set>/<class>/<block>/  per-class rows of one frame block: X (SOAP, float32) and
+                                rows (P, Z, unit force Y, norm, segment, frame, atom side by
+                                side; attr ``columns`` maps them; see describe.read_block)
+      models/<name>/<class>/    trained models (+ train/<block>/ D matrices, equations/)
+      failures/, hpo/, active/  failed fine calculations, swarm runs, active-learning state
       done/<stage>/<key>        done-markers: a block of a stage is complete iff its marker exists
 
 Segments are private to their writer, so workers never write the same Zarr chunk: a frame is
@@ -58,6 +60,15 @@ def sha256_of(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def task_token(store_path: str | os.PathLike) -> str:
+    """Short hash of a store's absolute path, part of the keys of its stages' Dask tasks.
+
+    Keys are global on a scheduler: without it, stages of two stores sharing one scheduler
+    (``--scheduler tcp://...``) would share tasks, and one store would miss their output.
+    """
+    return hashlib.sha256(os.path.abspath(store_path).encode()).hexdigest()[:8]
 
 
 def settings_key(settings: dict) -> str:
@@ -355,8 +366,11 @@ class Store:
         self._require_writable()
         if not _KEY_OK.match(key):
             raise StoreError(f"invalid done-marker key {key!r}")
-        group = self.group(f"done/{stage}", create=True).create_group(key, overwrite=True)
-        group.attrs.update({"time": now_iso(), "host": socket.gethostname(), **(info or {})})
+        # One metadata document with the attributes (written atomically by Zarr): a killed
+        # writer never leaves a marker without its information (e.g. a block's row counts).
+        self.group(f"done/{stage}", create=True).create_group(
+            key, overwrite=True,
+            attributes={"time": now_iso(), "host": socket.gethostname(), **(info or {})})
 
     def is_done(self, stage: str, key: str) -> bool:
         return (self.path / "done" / stage / key / "zarr.json").exists()

@@ -42,7 +42,7 @@ from oamlm_dist.models.regression import (
     input_distances,
 )
 from oamlm_dist.sampling import rs_maximin
-from oamlm_dist.store import Store, now_iso
+from oamlm_dist.store import Store, now_iso, task_token
 
 FIT_STAGE = "fit"
 
@@ -211,10 +211,16 @@ def compute_block(store_path: str, model: str, class_name: str, key: str) -> dic
         picked = [row for block, row in cm.attrs["reference_rows"] if block == key]
         rows = {name: values[picked] for name, values in rows.items()}
     D_in, D_c, D_g = training_matrices(cm, rows)
-    group = store.group(f"models/{model}/{class_name}/train", create=True).create_group(
-        key, overwrite=True)
-    write_arrays(group, {"D_in": D_in, "D_c": D_c, "D_g": D_g, "norm": rows["norm"]})
-    store.mark_done(f"{FIT_STAGE}/{model}/{class_name}", key, {"rows": len(D_in)})
+    try:
+        group = store.group(f"models/{model}/{class_name}/train", create=True).create_group(
+            key, overwrite=True)
+        write_arrays(group, {"D_in": D_in, "D_c": D_c, "D_g": D_g, "norm": rows["norm"]})
+        store.mark_done(f"{FIT_STAGE}/{model}/{class_name}", key, {"rows": len(D_in)})
+    except OSError as exc:  # disk full, quota, I/O error: the block stays without a marker
+        raise StoreError(
+            f"{store.path}: cannot write training block {key} of model {model!r} class "
+            f"{class_name}: {exc.strerror or exc}; the block is not marked done, fix the "
+            "file system and rerun to resume") from exc
     return {"key": key, "rows": len(D_in), "wall_s": time.perf_counter() - start}
 
 
@@ -326,22 +332,28 @@ def fit(store_path: str | os.PathLike, model: str, client, settings: FitSettings
         if stored.get("settings") != asdict(settings) or stored["descriptor_set"] != set_name:
             raise StoreError(f"{store.path}: model {model!r} exists with other settings; "
                              "choose another --model name")
-    group = store.group(model_path, create=True)
-    group.attrs.update({"descriptor_set": set_name, "settings": asdict(settings),
-                        "spec": spec.to_dict(), "created": group.attrs.get("created", now_iso())})
     segments = select_segments(store, settings.frames)
     counts = store.root[f"classes/{set_name}"]
     wanted = classes or [c for c in spec.classes() if c in counts.group_keys()]
     unknown = set(wanted) - set(spec.classes())
     if unknown:
         raise InputError(f"fit: unknown classes {sorted(unknown)} (have {spec.classes()})")
+    # Every check before the first write: a rejected request leaves the store unchanged.
+    training = {c: training_blocks(store, set_name, c, segments) for c in wanted}
+    if not any(training.values()):
+        raise StoreError(f"{store.path}: no described rows for classes {wanted} in the "
+                         "selected frames")
+    group = store.group(model_path, create=True)
+    group.attrs.update({"descriptor_set": set_name, "settings": asdict(settings),
+                        "spec": spec.to_dict(), "created": group.attrs.get("created", now_iso())})
     plans = {}
-    for class_name in wanted:
-        blocks = training_blocks(store, set_name, class_name, segments)
+    for class_name, blocks in training.items():
         if not blocks:
             continue
         class_path = f"{model_path}/{class_name}"
-        if class_path not in store.root or "ref_Q" not in store.root[class_path]:
+        # "blocks" is written after the reference arrays: a class whose writing was
+        # interrupted has none and chooses its references again.
+        if class_path not in store.root or "blocks" not in store.root[class_path].attrs:
             scaler, refs, origin = choose_references(store, set_name, spec, class_name, blocks,
                                                      settings)
             cm = initial_class_model(class_name, scaler, refs, settings)
@@ -350,9 +362,6 @@ def fit(store_path: str | os.PathLike, model: str, client, settings: FitSettings
             write_arrays(class_group, arrays)
             class_group.attrs.update({**attrs, "reference_rows": origin, "blocks": blocks})
         plans[class_name] = store.root[class_path].attrs["blocks"]
-    if not plans:
-        raise StoreError(f"{store.path}: no described rows for classes {wanted} in the "
-                         "selected frames")
     group.attrs["classes"] = sorted(plans)
     return _train_blocks(store, model, plans, client, settings)
 
@@ -367,7 +376,7 @@ def _train_blocks(store: Store, model: str, plans: dict[str, list[str]], client,
         done = store.done_keys(f"{FIT_STAGE}/{model}/{class_name}")
         block_futures += [
             client.submit(compute_block, path, model, class_name, key, pure=False, retries=2,
-                          key=f"fit-{model}-{class_name}-{key}")
+                          key=f"fit-{model}-{class_name}-{task_token(path)}-{key}")
             for key in blocks if key not in done]
     _progress(block_futures)
     client.gather(block_futures)
@@ -387,7 +396,8 @@ def _train_blocks(store: Store, model: str, plans: dict[str, list[str]], client,
         if settings.robust_epsilon is not None:
             robust = _robust_fit(client, path, model, class_name, included, total, settings)
         solves.append(client.submit(solve_class, path, model, class_name, total, robust,
-                                    included, pure=False, key=f"solve-{model}-{class_name}"))
+                                    included, pure=False,
+                                    key=f"solve-{model}-{class_name}-{task_token(path)}"))
     for result in client.gather(solves):
         summary["classes"][result["class"]] = {"references": result["references"],
                                                "rows": result["rows"]}
@@ -403,7 +413,8 @@ def _robust_fit(client, path: str, model: str, class_name: str, blocks: list[str
     step = settings.huber_columns_per_task
     futures = [client.submit(huber_columns, path, model, class_name, blocks, target,
                              list(range(lo, min(lo + step, K))), settings.robust_epsilon, gram,
-                             pure=False, key=f"huber-{model}-{class_name}-{target}-{lo}")
+                             pure=False,
+                             key=f"huber-{model}-{class_name}-{task_token(path)}-{target}-{lo}")
                for target in ("D_c", "D_g") for lo in range(0, K, step)]
     _progress(futures)
     out = {"B_c": np.zeros((K, K)), "c_c": np.zeros(K), "B_g": np.zeros((K, K)),

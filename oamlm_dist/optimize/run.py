@@ -8,6 +8,7 @@ from pathlib import Path
 from ase.io import write
 
 from oamlm_dist.errors import InputError
+from oamlm_dist.forcefield import ForceModel
 from oamlm_dist.ingest import read_frames
 from oamlm_dist.optimize.hybrid import HybridOptimizer, HybridSettings, optimize_many
 from oamlm_dist.optimize.online import OnlineModel
@@ -34,11 +35,15 @@ def optimize(structures: list[str], store_path: str | os.PathLike, client, calcu
     """Relax every structure (the last frame of each file); results and trajectories."""
     if not structures:
         raise InputError("optimize: give at least one structure file")
+    if settings.fine_timeout_s is not None and not settings.fine_timeout_s > 0:
+        raise InputError(f"optimize: --fine-timeout must be > 0 s, got {settings.fine_timeout_s}")
     loaded = []
     for path in structures:
         atoms = read_frames(path)[-1]
         atoms.calc = None
         loaded.append((Path(path).stem, atoms))
+    if model:  # a missing store or model fails before anything is created
+        ForceModel.load(store_path, model)
     store = Store.create(store_path, exist_ok=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,1 @@
+"""A catalogue of malformed inputs, each run through the command line."""

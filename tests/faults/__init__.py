@@ -1,0 +1,1 @@
+"""Fault injection: killed workers and clients, write errors, hanging fine calculations."""
