@@ -38,6 +38,26 @@ def tree_checksum(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def md_frames(n: int, seed: int, name: str = "C3H8", every: int = 2) -> list:
+    """``n`` frames of EMT MD (every ``every`` steps of 1 fs), forces and energies attached."""
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = molecule(name)
+    atoms.calc = EMT()
+    rng = np.random.default_rng(seed)
+    atoms.set_momenta(rng.normal(scale=0.3, size=(len(atoms), 3)))
+    dynamics = VelocityVerlet(atoms, timestep=1.0 * units.fs)
+    frames = []
+    for _ in range(n):
+        dynamics.run(every)
+        frame = atoms.copy()
+        frame.arrays["forces"] = atoms.get_forces()
+        frame.info["energy"] = atoms.get_potential_energy()
+        frames.append(frame)
+    return frames
+
+
 @pytest.fixture(scope="session")
 def dask_client():
     """A two-worker local cluster shared by the stage tests (starting one costs seconds)."""

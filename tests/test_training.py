@@ -2,12 +2,8 @@
 
 import numpy as np
 import pytest
-from ase import units
-from ase.build import molecule
 from ase.calculators.calculator import PropertyNotImplementedError
-from ase.calculators.emt import EMT
 from ase.io import write
-from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
 from scipy.spatial.transform import Rotation
 
@@ -17,23 +13,9 @@ from oamlm_dist.forcefield import ForceField, ForceModel, ForcesOnly
 from oamlm_dist.models.regression import input_distances
 from oamlm_dist.store import FrameBatch, Store
 from oamlm_dist.training import FitSettings, fit, load_class_model, update
+from tests.conftest import md_frames
 
 SOAP = "r_cut=3,n_max=3,l_max=2"
-
-
-def md_frames(n, seed, name="C3H8"):
-    atoms = molecule(name)
-    atoms.calc = EMT()
-    rng = np.random.default_rng(seed)
-    atoms.set_momenta(rng.normal(scale=0.3, size=(len(atoms), 3)))
-    dynamics = VelocityVerlet(atoms, timestep=1.0 * units.fs)
-    frames = []
-    for _ in range(n):
-        dynamics.run(2)
-        frame = atoms.copy()
-        frame.arrays["forces"] = atoms.get_forces()
-        frames.append(frame)
-    return frames
 
 
 def add_segment(store, frames, name):

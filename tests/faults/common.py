@@ -11,31 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from ase import units
-from ase.build import molecule
-from ase.calculators.emt import EMT
-from ase.md.verlet import VelocityVerlet
 
 from oamlm_dist.store import FrameBatch, Store
+from tests.conftest import md_frames
 
 SOAP = "r_cut=3,n_max=3,l_max=2"
-
-
-def md_frames(n: int, seed: int, name: str = "C3H8", every: int = 2) -> list:
-    """``n`` frames of EMT MD (every ``every`` steps of 1 fs), forces and energies attached."""
-    atoms = molecule(name)
-    atoms.calc = EMT()
-    rng = np.random.default_rng(seed)
-    atoms.set_momenta(rng.normal(scale=0.3, size=(len(atoms), 3)))
-    dynamics = VelocityVerlet(atoms, timestep=1.0 * units.fs)
-    frames = []
-    for _ in range(n):
-        dynamics.run(every)
-        frame = atoms.copy()
-        frame.arrays["forces"] = atoms.get_forces()
-        frame.info["energy"] = atoms.get_potential_energy()
-        frames.append(frame)
-    return frames
 
 
 def alkane_store(path: str | os.PathLike, segments: int, frames: int) -> Store:
