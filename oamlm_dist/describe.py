@@ -35,6 +35,7 @@ from oamlm_dist.environments import (
     describe_environments_many,
 )
 from oamlm_dist.errors import InputError, OamlmError, SchemeError, StoreError
+from oamlm_dist.locks import writer_lock
 from oamlm_dist.store import Store, now_iso, settings_key, task_token
 
 STAGE = "describe"
@@ -399,7 +400,7 @@ def prepare_set(store: Store, spec: DescriptorSpec) -> str:
         perms = class_permutations(spec.scheme, cls, neighbours=spec.neighbours)
         class_group.create_array("permutations", data=np.asarray(perms, dtype=np.int16),
                                  overwrite=True)
-    group.attrs.update({"spec": spec.to_dict(), "created": now_iso()})
+    group.update_attributes({"spec": spec.to_dict(), "created": now_iso()})
     return name
 
 
@@ -434,11 +435,17 @@ def describe(store_path: str | os.PathLike, scheme: str, soap: str | SoapSetting
     spec = DescriptorSpec(scheme, settings, neighbours, max_permutations, block_frames)
     if scheme == "thiolate":
         check_thiolate_elements(store)
+    with writer_lock(store.path, f"describe-{spec.name}"):
+        return _describe_set(store, spec, client)
+
+
+def _describe_set(store: Store, spec: DescriptorSpec, client) -> dict:
+    """Compute the set's blocks that have no done-marker yet."""
     new_set = f"classes/{spec.name}" not in store.root
     name = prepare_set(store, spec)
     stage = f"{STAGE}/{name}"
     done = store.done_keys(stage)
-    todo = [(s, b) for s, b in plan_blocks(store, block_frames) if block_key(s, b) not in done]
+    todo = [(s, b) for s, b in plan_blocks(store, spec.block_frames) if block_key(s, b) not in done]
     token = task_token(store.path)
     futures = [client.submit(describe_block, str(store.path), name, s, b,
                              key=f"describe-{name}-{token}-{block_key(s, b)}", retries=2,
@@ -511,12 +518,22 @@ def class_row_counts(store: Store, set_name: str) -> dict[str, int]:
     return counts
 
 
+def done_blocks(store: Store, set_name: str, cls: str) -> list[str]:
+    """Completed blocks that hold rows of ``cls``, in order.
+
+    Found from the done-markers rather than by listing the class group, which would also meet
+    blocks that are being written (and make Zarr warn about them).
+    """
+    base = store.path / "classes" / set_name / cls
+    return sorted(k for k in store.done_keys(f"{STAGE}/{set_name}")
+                  if (base / k / "zarr.json").exists())
+
+
 def load_class_rows(store: Store, set_name: str, cls: str,
                     fields: tuple[str, ...] = ROW_FIELDS) -> dict[str, np.ndarray]:
     """All completed rows of one class, concatenated in block order."""
     group = store.group(f"classes/{set_name}/{cls}")
-    done = store.done_keys(f"{STAGE}/{set_name}")
-    keys = sorted(k for k in group.group_keys() if k in done)
+    keys = done_blocks(store, set_name, cls)
     if not keys:
         raise StoreError(f"{store.path}: no described rows for class {cls} in set {set_name}")
     parts = [read_block(group[k], fields) for k in keys]

@@ -51,8 +51,11 @@ class ForceModel:
         if path not in store.root:
             raise StoreError(f"{store.path}: no model {name!r}")
         attrs = store.root[path].attrs
+        if not attrs.get("classes"):  # created, references not chosen yet
+            raise StoreError(f"{store.path}: model {name!r} is not trained yet (rerun "
+                             "`oamlm-dist fit`)")
         classes = {}
-        for class_name in attrs.get("classes", []):
+        for class_name in attrs["classes"]:
             if "trained_blocks" not in store.root[f"{path}/{class_name}"].attrs:
                 raise StoreError(f"{store.path}: model {name!r} class {class_name} is not "
                                  "trained yet (rerun `oamlm-dist fit`)")

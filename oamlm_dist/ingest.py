@@ -35,6 +35,7 @@ from ase import Atoms
 from ase.io import read
 
 from oamlm_dist.errors import InputError
+from oamlm_dist.locks import writer_lock
 from oamlm_dist.store import FrameBatch, Store, sha256_of
 
 MIN_DISTANCE = 0.5  # Å; closer atoms mean a broken frame (or wrong units), never chemistry
@@ -231,6 +232,13 @@ def ingest(store_path: str | os.PathLike, files: list[str], skip_bad: bool = Fal
     """
     validated = [validate_file(path, skip_bad) for path in files]
     store = Store.create(store_path, exist_ok=True)
+    # One ingest at a time: two at once could both miss the other's copy of a file.
+    with writer_lock(store.path, "ingest"):
+        return _write_validated(store, validated)
+
+
+def _write_validated(store: Store, validated: list[tuple[list[Atoms], IngestReport]]
+                     ) -> list[IngestReport]:
     # Only complete segments count: an interrupted earlier ingest is redone, not trusted.
     known = {s.attrs["source"]["sha256"]: s.id for s in store.segments("ingest")
              if s.attrs.get("complete")}

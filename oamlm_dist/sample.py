@@ -27,6 +27,7 @@ from ase.md.verlet import VelocityVerlet
 from oamlm_dist.calculators import calculator_settings, fine_single_point
 from oamlm_dist.cluster import FINE_RESOURCE
 from oamlm_dist.errors import InputError
+from oamlm_dist.locks import writer_lock
 from oamlm_dist.store import FrameBatch, Store, settings_key, task_token
 from oamlm_dist.structures import parse_structures
 
@@ -154,7 +155,14 @@ def sample(store_path: str | os.PathLike, structures: str | list[tuple[str, Atom
     if isinstance(structures, str):
         structures = parse_structures(structures)
     store = Store.create(store_path, exist_ok=True)
-    plans = plan_runs(store, structures, calculator, params, settings, runs)
+    # One sampler at a time: a run (and its segment) must have a single writer.
+    with writer_lock(store.path, "sample"):
+        return _run_plans(store, plan_runs(store, structures, calculator, params, settings,
+                                           runs), calculator, params, settings, client)
+
+
+def _run_plans(store: Store, plans: list[dict], calculator: str, params: dict,
+               settings: MDSettings, client) -> dict:
     from distributed import as_completed, progress
 
     futures = []

@@ -10,9 +10,11 @@ Layout (``LAYOUT_VERSION`` 1)::
       classes/<set>/<class>/<block>/  per-class rows of one frame block: X (SOAP, float32) and
                                 rows (P, Z, unit force Y, norm, segment, frame, atom side by
                                 side; attr ``columns`` maps them; see describe.read_block)
-      models/<name>/<class>/    trained models (+ train/<block>/ D matrices, equations/)
+      models/<name>/<class>/    trained models: v<n>/ arrays and equations of the version in
+                                force (attr ``version``), train/<block>/ D matrices
       failures/, hpo/, active/  failed fine calculations, swarm runs, active-learning state
       done/<stage>/<key>        done-markers: a block of a stage is complete iff its marker exists
+      locks/<target>.lock       writer locks of concurrent clients (see oamlm_dist.locks)
 
 Segments are private to their writer, so workers never write the same Zarr chunk: a frame is
 identified by ``(segment id, local index)``. A segment's arrays may run ahead of its committed
@@ -28,7 +30,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,7 +197,7 @@ class Segment:
                 # Drop rows a killed writer left beyond the committed extent.
                 array.resize((stop, *array.shape[1:]))
                 array[start:stop] = values
-        self.group.attrs.update(
+        self.group.update_attributes(
             {"n_frames": n_frames + len(batch), "n_atoms": n_atoms + int(batch.natoms.sum()),
              "updated": now_iso()}
         )
@@ -235,7 +239,7 @@ class Segment:
         return frames
 
     def mark_complete(self) -> None:
-        self.group.attrs.update({"complete": True, "updated": now_iso()})
+        self.group.update_attributes({"complete": True, "updated": now_iso()})
 
 
 class Store:
@@ -257,14 +261,25 @@ class Store:
             return cls.open(path, mode="a")
         if path.exists() and any(path.iterdir()):
             raise StoreError(f"{path}: directory exists and is not an oamlm-dist store")
-        group = zarr.open_group(str(path), mode="w-")
-        group.attrs.update(
+        # Built beside and renamed into place: readers and concurrent creators see either no
+        # store or a complete one.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        building = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        group = zarr.open_group(str(building), mode="w-")
+        group.update_attributes(
             {"layout_version": LAYOUT_VERSION, "package_version": __version__,
              "created": now_iso(), "kind": "oamlm-dist store"}
         )
         for name in ("frames", "classes", "models", "done"):
             group.create_group(name)
-        return cls(path, group, read_only=False)
+        try:
+            os.rename(building, path)  # replaces a missing or empty directory only
+        except OSError:
+            shutil.rmtree(building, ignore_errors=True)
+            if not exist_ok or not (path / "zarr.json").exists():
+                raise StoreError(f"{path}: cannot create the store (another one was created "
+                                 "here meanwhile, or the directory is not empty)") from None
+        return cls.open(path, mode="a")
 
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r") -> Store:
@@ -303,7 +318,7 @@ class Store:
             except FileExistsError:
                 next_id += 1
         group = self.root["frames"].create_group(f"{next_id:06d}", overwrite=True)
-        group.attrs.update({"id": next_id, "kind": kind, "n_frames": 0, "n_atoms": 0,
+        group.update_attributes({"id": next_id, "kind": kind, "n_frames": 0, "n_atoms": 0,
                             "created": now_iso(), "complete": False, **attrs})
         segment = Segment(group)
         segment._create_arrays(with_momenta)

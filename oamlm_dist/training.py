@@ -4,9 +4,13 @@ Dask tasks written to Zarr, blockwise normal equations, and the EMLM/OAMLM solve
 Store layout of a model ``models/<name>/``::
 
     attrs: descriptor set, fit settings, classes, created
-    <class>/               ClassModel arrays (references, scaler, W, B_c, B_g, intercepts)
-        equations/         accumulated normal equations of [norm | D_c | D_g] on D_in
+    <class>/               attrs: class settings, trained blocks, ``version`` in force
+        v<n>/              ClassModel arrays (references, scaler, W, B_c, B_g, intercepts)
+            equations/     the accumulated normal equations of [norm | D_c | D_g] on D_in
         train/<block>/     D_in, D_c, D_g, norm of one describe block (its done-marker last)
+
+Every solve writes a new version and then switches the class's attributes to it, so readers
+load one complete model while a refit or an update is being written.
 
 A training block is a describe block of a selected segment; its matrices depend only on the
 block and the references, so a rerun computes only blocks without a marker, and adding frames
@@ -22,11 +26,11 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from oamlm_dist.describe import STAGE as DESCRIBE_STAGE
-from oamlm_dist.describe import DescriptorSpec, read_block
+from oamlm_dist.describe import DescriptorSpec, done_blocks, read_block
 from oamlm_dist.descriptors import MinMaxScaler
 from oamlm_dist.environments import permutation_mask
 from oamlm_dist.errors import InputError, StoreError
+from oamlm_dist.locks import writer_lock
 from oamlm_dist.models.class_model import (
     ClassModel,
     References,
@@ -112,10 +116,7 @@ def select_segments(store: Store, selector: str | None) -> set[int]:
 def training_blocks(store: Store, set_name: str, class_name: str, segments: set[int]
                     ) -> list[str]:
     """Done describe blocks of the selected segments that hold rows of the class."""
-    group = store.group(f"classes/{set_name}/{class_name}")
-    done = store.done_keys(f"{DESCRIBE_STAGE}/{set_name}")
-    return sorted(k for k in group.group_keys()
-                  if k in done and int(k[1:7]) in segments)
+    return [k for k in done_blocks(store, set_name, class_name) if int(k[1:7]) in segments]
 
 
 def _block_rows(store: Store, set_name: str, class_name: str, key: str,
@@ -189,8 +190,37 @@ def solve_class_model(cm: ClassModel, equations: NormalEquations, settings: dict
 
 def load_class_model(store: Store, model: str, class_name: str) -> ClassModel:
     group = store.group(f"models/{model}/{class_name}")
-    arrays = {name: group[name][...] for name in group.array_keys()}
-    return ClassModel.from_arrays(arrays, dict(group.attrs))
+    attrs = dict(group.attrs)  # read once: it names the version to load
+    version = group[f"v{attrs['version']}"]
+    arrays = {name: version[name][...] for name in version.array_keys()}
+    return ClassModel.from_arrays(arrays, attrs)
+
+
+def stored_equations(store: Store, model: str, class_name: str) -> NormalEquations:
+    """The normal equations the class model in force was solved from."""
+    group = store.group(f"models/{model}/{class_name}")
+    equations = group[f"v{group.attrs['version']}/equations"]
+    return NormalEquations.from_arrays({k: equations[k][...] for k in equations.array_keys()})
+
+
+def store_class_model(group, cm: ClassModel, extra: dict | None = None,
+                      equations: NormalEquations | None = None) -> None:
+    """Write ``cm`` (and the equations it was solved from) as a new version of ``group``.
+
+    The arrays go to ``v<n>/``; then one attribute document, written atomically, puts that
+    version in force. A reader loads the old or the new model, never a mix, and a writer
+    killed midway leaves the previous version in force. The version before the previous one
+    is deleted (a reader that has just read the attributes may still be loading the previous).
+    """
+    version = int(group.attrs.get("version", 0)) + 1
+    target = group.create_group(f"v{version}", overwrite=True)
+    arrays, attrs = cm.to_arrays()
+    write_arrays(target, arrays)
+    if equations is not None:
+        write_arrays(target.create_group("equations"), equations.to_arrays())
+    group.update_attributes({**attrs, **(extra or {}), "version": version})
+    if f"v{version - 2}" in group:
+        del group[f"v{version - 2}"]
 
 
 def write_arrays(group, arrays: dict[str, np.ndarray]) -> None:
@@ -265,13 +295,9 @@ def solve_class(store_path: str, model: str, class_name: str, equations: NormalE
     settings = store.root[f"models/{model}"].attrs["settings"]
     cm = solve_class_model(load_class_model(store, model, class_name), equations, settings,
                            robust)
-    arrays, attrs = cm.to_arrays()
-    write_arrays(group, arrays)
-    write_arrays(group.require_group("equations"), equations.to_arrays())
-    attrs["trained_rows"] = int(equations.n_rows)
-    # Written last: the equations above include exactly these blocks.
-    attrs["trained_blocks"] = blocks
-    group.attrs.update(attrs)
+    # The equations include exactly these blocks.
+    store_class_model(group, cm, {"trained_rows": int(equations.n_rows),
+                                  "trained_blocks": blocks}, equations)
     return {"class": class_name, "references": cm.refs.Q.shape[0],
             "rows": int(equations.n_rows)}
 
@@ -326,12 +352,7 @@ def fit(store_path: str | os.PathLike, model: str, client, settings: FitSettings
     store = Store.open(store_path, mode="a")
     set_name = resolve_descriptor_set(store, descriptor_set)
     spec = DescriptorSpec.from_dict(store.root[f"classes/{set_name}"].attrs["spec"])
-    model_path = f"models/{model}"
-    if model_path in store.root:
-        stored = store.root[model_path].attrs
-        if stored.get("settings") != asdict(settings) or stored["descriptor_set"] != set_name:
-            raise StoreError(f"{store.path}: model {model!r} exists with other settings; "
-                             "choose another --model name")
+    _check_same_model(store, model, settings, set_name)
     segments = select_segments(store, settings.frames)
     counts = store.root[f"classes/{set_name}"]
     wanted = classes or [c for c in spec.classes() if c in counts.group_keys()]
@@ -343,8 +364,27 @@ def fit(store_path: str | os.PathLike, model: str, client, settings: FitSettings
     if not any(training.values()):
         raise StoreError(f"{store.path}: no described rows for classes {wanted} in the "
                          "selected frames")
+    with writer_lock(store.path, f"model-{model}"):
+        # Again under the lock: another client may have created the model meanwhile.
+        _check_same_model(store, model, settings, set_name)
+        return _write_model(store, model, settings, set_name, spec, training, client)
+
+
+def _check_same_model(store: Store, model: str, settings: FitSettings, set_name: str) -> None:
+    path = f"models/{model}"
+    if path in store.root:
+        stored = store.root[path].attrs
+        if stored.get("settings") != asdict(settings) or stored["descriptor_set"] != set_name:
+            raise StoreError(f"{store.path}: model {model!r} exists with other settings; "
+                             "choose another --model name")
+
+
+def _write_model(store: Store, model: str, settings: FitSettings, set_name: str,
+                 spec: DescriptorSpec, training: dict[str, list[str]], client) -> dict:
+    """Choose the references of classes that have none yet, then train the blocks."""
+    model_path = f"models/{model}"
     group = store.group(model_path, create=True)
-    group.attrs.update({"descriptor_set": set_name, "settings": asdict(settings),
+    group.update_attributes({"descriptor_set": set_name, "settings": asdict(settings),
                         "spec": spec.to_dict(), "created": group.attrs.get("created", now_iso())})
     plans = {}
     for class_name, blocks in training.items():
@@ -357,13 +397,20 @@ def fit(store_path: str | os.PathLike, model: str, client, settings: FitSettings
             scaler, refs, origin = choose_references(store, set_name, spec, class_name, blocks,
                                                      settings)
             cm = initial_class_model(class_name, scaler, refs, settings)
-            arrays, attrs = cm.to_arrays()
-            class_group = store.group(class_path, create=True)
-            write_arrays(class_group, arrays)
-            class_group.attrs.update({**attrs, "reference_rows": origin, "blocks": blocks})
+            store_class_model(store.group(class_path, create=True), cm,
+                              {"reference_rows": origin, "blocks": blocks})
         plans[class_name] = store.root[class_path].attrs["blocks"]
     group.attrs["classes"] = sorted(plans)
-    return _train_blocks(store, model, plans, client, settings)
+    # A class already solved on exactly its blocks (an earlier or concurrent run) is kept.
+    solved = {c: store.root[f"{model_path}/{c}"] for c, blocks in plans.items()
+              if store.root[f"{model_path}/{c}"].attrs.get("trained_blocks") == blocks}
+    summary = _train_blocks(store, model, {c: b for c, b in plans.items() if c not in solved},
+                            client, settings)
+    for class_name, class_group in solved.items():
+        refs = class_group[f"v{class_group.attrs['version']}/ref_Q"].shape[0]
+        summary["classes"][class_name] = {"references": refs,
+                                          "rows": class_group.attrs["trained_rows"]}
+    return summary
 
 
 def _train_blocks(store: Store, model: str, plans: dict[str, list[str]], client,
@@ -437,6 +484,11 @@ def update(store_path: str | os.PathLike, model: str, client, new_weight: float 
     With ``forget = new_weight = 1`` this equals a full fit on the union of the blocks.
     """
     store = Store.open(store_path, mode="a")
+    with writer_lock(store.path, f"model-{model}"):
+        return _update(store, model, client, new_weight, forget)
+
+
+def _update(store: Store, model: str, client, new_weight: float, forget: float) -> dict:
     attrs = store.root[f"models/{model}"].attrs
     settings = FitSettings(**attrs["settings"])
     set_name = attrs["descriptor_set"]
@@ -451,9 +503,7 @@ def update(store_path: str | os.PathLike, model: str, client, new_weight: float 
         new = [k for k in training_blocks(store, set_name, class_name, segments) if k not in old]
         if not new:
             continue
-        eq_group = group["equations"]
-        base[class_name] = NormalEquations.from_arrays(
-            {k: eq_group[k][...] for k in eq_group.array_keys()}).scaled(forget)
+        base[class_name] = stored_equations(store, model, class_name).scaled(forget)
         plans[class_name] = new
         weights.update(dict.fromkeys(new, new_weight))
     if not plans:

@@ -27,12 +27,16 @@ def emt_frames(n: int = 4, name: str = "CH4", seed: int = 0):
 
 
 def tree_checksum(path: str | os.PathLike) -> str:
-    """Checksum of every file (name and bytes) under ``path``: 'unchanged' means equal."""
+    """Checksum of every file (name and bytes) under ``path``: 'unchanged' means equal.
+
+    Writer-lock files (``locks/``: who last wrote, no data) are left out.
+    """
     digest = hashlib.sha256()
     root = Path(path)
     if not root.exists():
         return "absent"
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+    for file in sorted(p for p in root.rglob("*")
+                       if p.is_file() and p.relative_to(root).parts[0] != "locks"):
         digest.update(str(file.relative_to(root)).encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()

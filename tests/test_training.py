@@ -81,7 +81,8 @@ def test_reload_is_bit_identical(trained):
         a, b = first.predict(atoms), second.predict(atoms)
         assert all(np.array_equal(a[k], b[k]) for k in a)
     arrays, attrs = first.classes["C"].to_arrays()
-    stored = Store.open(trained).group("models/m/C")
+    group = Store.open(trained).group("models/m/C")
+    stored = group[f"v{group.attrs['version']}"]
     for name, values in arrays.items():
         assert np.array_equal(stored[name][...], values), name
 

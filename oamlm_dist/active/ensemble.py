@@ -32,8 +32,8 @@ from oamlm_dist.training import (
     load_class_model,
     references_from_rows,
     solve_class_model,
+    store_class_model,
     training_matrices,
-    write_arrays,
 )
 
 UNCERTAINTY_FACTOR = 2.58
@@ -190,12 +190,10 @@ class ForceEnsemble:
             path = f"models/{name}-m{j}"
             group = store.group(path, create=True)
             for class_name, cm in member.classes.items():
-                arrays, attrs = cm.to_arrays()
-                class_group = store.group(f"{path}/{class_name}", create=True)
-                write_arrays(class_group, arrays)
                 # Marks the class as trained for ForceModel.load (no stored blocks: in memory).
-                class_group.attrs.update({**attrs, "trained_blocks": []})
-            group.attrs.update({"spec": self.spec.to_dict(), "classes": list(member.classes),
+                store_class_model(store.group(f"{path}/{class_name}", create=True), cm,
+                                  {"trained_blocks": []})
+            group.update_attributes({"spec": self.spec.to_dict(), "classes": list(member.classes),
                                 "ensemble": name, "member": j, "created": now_iso(),
                                 **(info or {})})
             names.append(f"{name}-m{j}")

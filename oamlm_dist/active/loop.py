@@ -42,6 +42,7 @@ from oamlm_dist.cluster import FINE_RESOURCE
 from oamlm_dist.describe import DescriptorSpec, describe_frames
 from oamlm_dist.descriptors import SoapSettings
 from oamlm_dist.errors import InputError, OamlmError
+from oamlm_dist.locks import writer_lock
 from oamlm_dist.store import FrameBatch, Store, now_iso
 from oamlm_dist.structures import rattle
 from oamlm_dist.training import FitSettings, select_segments
@@ -152,7 +153,7 @@ class ActiveLearner:
 
     def _commit(self) -> None:
         # One attrs document per write: a kill never leaves half an iteration recorded.
-        self.group.attrs.update({"state": self.state, "settings": asdict(self.settings),
+        self.group.update_attributes({"state": self.state, "settings": asdict(self.settings),
                                  "calculator": self.calculator, "spec": self.spec.to_dict(),
                                  "updated": now_iso()})
 
@@ -299,7 +300,7 @@ class ActiveLearner:
     def _record(self, job: Job, result: dict, iteration: int) -> dict:
         if "error" in result:
             group = self.store.group(f"active/{self.name}/failures", create=True)
-            group.create_group(f"it{iteration}-job{job.key}", overwrite=True).attrs.update(
+            group.create_group(f"it{iteration}-job{job.key}", overwrite=True).update_attributes(
                 {"iteration": iteration, "job": job.key, "reason": result["error"],
                  "attempts": result.get("attempts", []), "time": now_iso()})
             return {"error": result["error"]}
@@ -481,7 +482,9 @@ def learn(store_path, name: str, structures: list[tuple[str, Atoms]], client, ca
     settings = settings or LearnSettings()
     settings.validate()
     store = Store.create(store_path, exist_ok=True)
-    learner = ActiveLearner(store, name, structures, calculator, params, settings, spec,
-                            initial)
-    return learner.run(client, on_iteration)
+    # One loop per name at a time: two would interleave their iterations and ensembles.
+    with writer_lock(store.path, f"active-{name}"):
+        learner = ActiveLearner(store, name, structures, calculator, params, settings, spec,
+                                initial)
+        return learner.run(client, on_iteration)
 

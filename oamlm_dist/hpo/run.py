@@ -129,7 +129,7 @@ class RunRecord:
         stored = group.attrs.get("settings")
         canonical = json.loads(json.dumps(settings))
         if stored is None:
-            group.attrs.update({"settings": canonical, "created": now_iso()})
+            group.update_attributes({"settings": canonical, "created": now_iso()})
             return None
         if stored != canonical:
             changed = sorted(k for k in set(stored) | set(canonical)

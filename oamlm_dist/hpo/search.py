@@ -30,6 +30,7 @@ from oamlm_dist.hpo.objective import (
 from oamlm_dist.hpo.run import RunRecord, run_swarm
 from oamlm_dist.hpo.space import SearchSpace
 from oamlm_dist.hpo.swarm import Swarm
+from oamlm_dist.locks import writer_lock
 from oamlm_dist.store import Store, now_iso, settings_key
 
 
@@ -94,42 +95,44 @@ def run_hpo(store_path: str | os.PathLike, space: SearchSpace, particles: int = 
         settings.update({"skew_weight": skew_weight, "zeta": zeta})
     run = run or f"run-{settings_key(settings)}"
     _check_name(run)
-    say = progress or (lambda line: None)
-    force = ForceObjective(**common, norm_weight=norm_weight, seed=seed)
+    # One swarm per run name at a time: two would interleave their iteration records.
+    with writer_lock(store.path, f"hpo-{run}"):
+        say = progress or (lambda line: None)
+        force = ForceObjective(**common, norm_weight=norm_weight, seed=seed)
 
-    def stage(objective, sub: SearchSpace, where: str, label: str):
-        if sub.dim == 0:  # nothing to search: score the fixed values once
-            value = objective(dict(sub.fixed))
-            return {"best": dict(sub.fixed), "objective": value, "evaluations": 1, "failed": 0}
-        swarm = Swarm(sub, particles, seed=seed, inertia=inertia, restart=restart)
-        result = run_swarm(objective, swarm, iterations, client=client, timeout=timeout,
-                           record=RunRecord(store, where),
-                           objective_settings={"kind": type(objective).__name__,
-                                               **objective.settings()},
-                           progress=lambda line: say(f"{label}{line}"))
-        return result.to_dict()
+        def stage(objective, sub: SearchSpace, where: str, label: str):
+            if sub.dim == 0:  # nothing to search: score the fixed values once
+                value = objective(dict(sub.fixed))
+                return {"best": dict(sub.fixed), "objective": value, "evaluations": 1, "failed": 0}
+            swarm = Swarm(sub, particles, seed=seed, inertia=inertia, restart=restart)
+            result = run_swarm(objective, swarm, iterations, client=client, timeout=timeout,
+                               record=RunRecord(store, where),
+                               objective_settings={"kind": type(objective).__name__,
+                                                   **objective.settings()},
+                               progress=lambda line: say(f"{label}{line}"))
+            return result.to_dict()
 
-    if strategy == 1:
-        result = stage(force, space, f"hpo/{run}", "")
-        store.group(f"hpo/{run}").attrs.update({"strategy": 1, "settings_all": settings})
-        return {"run": run, "strategy": 1, **result}
-    soap_names = set(KERNEL_PARAMETERS)
-    kernel = KernelObjective(**common, zeta=zeta, skew_weight=skew_weight, seed=seed)
-    group = store.group(f"hpo/{run}", create=True)
-    group.attrs.update({"strategy": 2, "settings_all": settings,
-                        "created": group.attrs.get("created", now_iso())})
-    first = stage(kernel, space.subspace(soap_names), f"hpo/{run}/stage1", "stage 1: ")
-    if not math.isfinite(float(first["objective"])):
-        raise InputError(f"hpo/{run}: every stage-1 evaluation failed; see `hpo --report`")
-    soap = {k: v for k, v in first["best"].items() if k != "zeta"}
-    model_names = (set(space.names) | set(space.fixed)) - soap_names
-    second = stage(force, space.subspace(model_names, fixed=soap), f"hpo/{run}/stage2",
-                   "stage 2: ")
-    return {"run": run, "strategy": 2, "best": second["best"],
-            "objective": second["objective"],
-            "evaluations": first["evaluations"] + second["evaluations"],
-            "failed": first["failed"] + second["failed"],
-            "stage1": {"best": first["best"], "objective": first["objective"]}}
+        if strategy == 1:
+            result = stage(force, space, f"hpo/{run}", "")
+            store.group(f"hpo/{run}").update_attributes({"strategy": 1, "settings_all": settings})
+            return {"run": run, "strategy": 1, **result}
+        soap_names = set(KERNEL_PARAMETERS)
+        kernel = KernelObjective(**common, zeta=zeta, skew_weight=skew_weight, seed=seed)
+        group = store.group(f"hpo/{run}", create=True)
+        group.update_attributes({"strategy": 2, "settings_all": settings,
+                            "created": group.attrs.get("created", now_iso())})
+        first = stage(kernel, space.subspace(soap_names), f"hpo/{run}/stage1", "stage 1: ")
+        if not math.isfinite(float(first["objective"])):
+            raise InputError(f"hpo/{run}: every stage-1 evaluation failed; see `hpo --report`")
+        soap = {k: v for k, v in first["best"].items() if k != "zeta"}
+        model_names = (set(space.names) | set(space.fixed)) - soap_names
+        second = stage(force, space.subspace(model_names, fixed=soap), f"hpo/{run}/stage2",
+                       "stage 2: ")
+        return {"run": run, "strategy": 2, "best": second["best"],
+                "objective": second["objective"],
+                "evaluations": first["evaluations"] + second["evaluations"],
+                "failed": first["failed"] + second["failed"],
+                "stage1": {"best": first["best"], "objective": first["objective"]}}
 
 
 def _check_name(run: str) -> None:

@@ -27,6 +27,7 @@ from oamlm_dist.training import (
     initial_class_model,
     references_from_rows,
     solve_class_model,
+    stored_equations,
     training_matrices,
 )
 
@@ -48,11 +49,7 @@ class OnlineModel:
     def pretrained(cls, store: Store, name: str) -> OnlineModel:
         model = ForceModel.load(store, name)
         attrs = store.root[f"models/{name}"].attrs
-        equations = {}
-        for class_name in model.classes:
-            group = store.group(f"models/{name}/{class_name}/equations")
-            equations[class_name] = NormalEquations.from_arrays(
-                {k: group[k][...] for k in group.array_keys()})
+        equations = {c: stored_equations(store, name, c) for c in model.classes}
         return cls(model.spec, FitSettings(**attrs["settings"]), model, equations)
 
     @classmethod

@@ -63,6 +63,15 @@ def executing(dask_worker) -> list[str]:
     return [str(ts.key) for ts in dask_worker.state.executing]
 
 
+def _pid_and_executing(dask_worker) -> tuple[int, list[str]]:
+    return os.getpid(), executing(dask_worker)
+
+
+def running_tasks(client) -> dict[str, tuple[int, list[str]]]:
+    """Worker address -> (its pid, keys it is executing), in one round trip."""
+    return client.run(_pid_and_executing)
+
+
 def worker_running(client, prefix: str) -> tuple[int, str] | None:
     """(pid, task key) of a worker executing a task whose key starts with ``prefix``."""
     for address, keys in client.run(executing).items():
@@ -109,3 +118,67 @@ def run_and_kill_a_worker(client, stage: Callable[[], dict], prefix: str,
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"], killed
+
+
+def run_and_kill_when(client, stage: Callable[[], object],
+                      pick: Callable[[], dict | None], timeout: float = 90.0
+                      ) -> tuple[object, dict]:
+    """Run ``stage()`` in a thread and SIGKILL the worker process named by ``pick()``: polled
+    until it returns ``{"pid": ..., "key": ..., ...}`` (the worker and the task it is in the
+    middle of) or the stage ends. For kills that need more than :func:`run_and_kill_a_worker`'s
+    "some blocks done" condition, e.g. "this task has committed part of its output".
+
+    Returns the stage's result and ``pick()``'s dict plus ``killed_at`` (``time.time()`` just
+    after the kill) and ``recovered_s``, the seconds from the kill to the end of the stage (an
+    empty dict if nothing was killed).
+    """
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = stage()
+        except BaseException as exc:  # re-raised in the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    killed: dict = {}
+    deadline = time.monotonic() + timeout
+    while thread.is_alive() and not killed and time.monotonic() < deadline:
+        time.sleep(0.02)
+        chosen = pick()
+        if chosen:
+            os.kill(chosen["pid"], signal.SIGKILL)
+            killed = {**chosen, "at": time.perf_counter(), "killed_at": time.time()}
+    thread.join(timeout)
+    if killed:
+        killed["recovered_s"] = time.perf_counter() - killed.pop("at")
+    assert not thread.is_alive(), "the stage did not finish after the worker was killed"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"], killed
+
+
+# Stimulus ids of the scheduler's ``remove_worker`` calls for a worker that went away.
+WORKER_LOST = ("handle-worker-cleanup-", "nanny-close-", "worker-send-comm-fail-",
+               "send-all-comm-fail-", "check-worker-ttl-")
+
+
+def task_story(client, key: str) -> dict:
+    """What the scheduler's transition log says about task ``key``: how often it started
+    (went to ``processing``), and how often it was taken back because its worker was lost
+    (``Scheduler.remove_worker``: called when the connection breaks, when the nanny that saw
+    the process die unregisters it, or when a send or heartbeat fails, whichever comes
+    first); ``transitions`` has the whole story."""
+
+    def story(dask_scheduler) -> list[tuple[str, str, str]]:
+        return [(t.start, t.finish, t.stimulus_id) for t in dask_scheduler.story(key)]
+
+    transitions = client.run_on_scheduler(story)
+    return {
+        "started": sum(finish == "processing" for _, finish, _ in transitions),
+        "lost_with_worker": sum(start == "processing" and finish == "released"
+                                and stimulus.startswith(WORKER_LOST)
+                                for start, finish, stimulus in transitions),
+        "transitions": transitions,
+    }
