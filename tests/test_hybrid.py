@@ -78,12 +78,12 @@ class WrongModel:
     ready = True
 
     def __init__(self):
-        self.model = None
+        self.model = self  # what the ML rounds' force field calls
 
     def add(self, frames, weight=1.0):
         pass
 
-    def predict(self, atoms):
+    def predict(self, atoms, method=None):
         probe = atoms.copy()
         probe.calc = WrongForces()
         return {"forces": probe.get_forces()}
@@ -186,3 +186,27 @@ def test_fine_bfgs_takes_the_steps_of_ase_bfgs():
         probe.set_positions((x + mine.step(f)).reshape(-1, 3))
         positions.append(probe.get_positions().copy())
     assert np.allclose(np.array(positions), np.array(reference[:7]), atol=1e-10)
+
+
+def test_speculation_takes_ml_steps_while_the_fine_calculation_runs(dask_client, monkeypatch):
+    """ML rounds started from the speculative geometry need fewer steps once the fine result
+    is in than rounds started at the fine point, and reach the same minimum."""
+    speculating = HybridOptimizer(start_structure(), cold_model(), "emt", name="speculating")
+    with_speculation = optimize_many([speculating], dask_client)[0]
+    monkeypatch.setattr(HybridOptimizer, "speculate", lambda self: None)
+    waiting = HybridOptimizer(start_structure(), cold_model(), "emt", name="waiting")
+    without = optimize_many([waiting], dask_client)[0]
+
+    assert with_speculation["converged"] and without["converged"]
+    assert abs(with_speculation["energy"] - without["energy"]) < 1e-3
+    ahead = [r for r in speculating.state.rounds if r.get("speculative_steps")]
+    assert ahead, "no ML round started from a speculative geometry"
+
+    def steps_after_result(optimizer):
+        steps = [r["ml_steps"] for r in optimizer.state.rounds if "ml_steps" in r]
+        return sum(steps) / len(steps)
+
+    print(f"ML steps per round after the fine result: {steps_after_result(speculating):.1f} "
+          f"with speculation ({len(ahead)} rounds), {steps_after_result(waiting):.1f} without; "
+          f"fine calls {with_speculation['fine_calls']} vs {without['fine_calls']}")
+    assert steps_after_result(speculating) < 0.5 * steps_after_result(waiting)

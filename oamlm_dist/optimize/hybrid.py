@@ -153,7 +153,9 @@ class HybridOptimizer:
         self.trust = self.settings.trust
         self.points: list[FinePoint] = []
         self.pending_kind = "start"
+        # ML relaxation done while the current fine future runs (see speculate)
         self.speculative: np.ndarray | None = None
+        self.speculative_steps = 0
         self.frames: list[Atoms] = []  # trajectory: fine points and ML steps
         self.started = time.perf_counter()
 
@@ -162,8 +164,21 @@ class HybridOptimizer:
         return self.atoms.get_positions()
 
     def speculate(self) -> None:
-        """Placeholder for work done while a fine future runs: the next ML round needs the
-        fine forces of this point (its correction), so nothing is computed ahead yet."""
+        """Work done while the fine future at the current geometry runs: an ML round from it
+        on the surrogate as it stands (corrected at the previous fine point). If the fine
+        result then lets the model continue, the real round (corrected here) starts from
+        this geometry: the two surrogates differ by a constant force shift, so their minima
+        are close and most ML steps were taken while the fine calculation ran."""
+        self.speculative = None
+        if not self.points or not self.model.ready:
+            return
+        x = self.atoms.get_positions()
+        correction = self._correction(self.points[-1])
+        if correction is None:
+            return
+        target, steps = self._relax(x, correction, x, "ml-speculative")
+        self.speculative = target
+        self.speculative_steps = steps
 
     def tell(self, result: dict) -> np.ndarray | None:
         """Digest the fine result at the current geometry; the next geometry, or None."""
@@ -218,28 +233,47 @@ class HybridOptimizer:
         return x
 
     def _ml_round(self, point: FinePoint) -> np.ndarray:
-        """ML-BFGS from a fine point on the corrected surrogate, inside the trust radius."""
+        """ML-BFGS from a fine point on the corrected surrogate, inside the trust radius;
+        started from the speculative geometry when there is one."""
+        correction = self._correction(point)
+        if correction is None:
+            return point.positions
+        start = point.positions if self.speculative is None else self.speculative
+        target, steps = self._relax(start, correction, point.positions, "ml")
+        self.state.rounds[-1].update({"ml_steps": steps,
+                                      "speculative_steps": self.speculative_steps
+                                      if self.speculative is not None else 0})
+        self.speculative = None
+        return target
+
+    def _correction(self, point: FinePoint) -> np.ndarray | None:
+        """Fine minus ML forces at a fine point (None: the model cannot predict there)."""
+        raw = self._ml_forces_at(point.positions)
+        return None if raw is None else point.forces - raw
+
+    def _relax(self, start: np.ndarray, correction: np.ndarray, centre: np.ndarray,
+               kind: str) -> tuple[np.ndarray, int]:
+        """ML-BFGS on the corrected surrogate from ``start``, within the trust radius around
+        ``centre``; the geometry reached (kept in the trajectory as ``kind``) and the steps
+        taken."""
         s = self.settings
         work = self.atoms.copy()
         work.set_constraint(self.atoms.constraints)
-        work.set_positions(point.positions, apply_constraint=False)
-        raw = self._ml_forces_at(point.positions)
-        if raw is None:
-            return point.positions
-        work.calc = CorrectedForceField(self.model.model, point.forces - raw)
+        work.set_positions(start, apply_constraint=False)
+        work.calc = CorrectedForceField(self.model.model, correction)
         try:
             result = ml_bfgs(work, fmax=s.fmax * s.ml_fmax_factor, steps=s.ml_steps,
                              maxstep=s.ml_maxstep, reset_every=s.reset_every,
-                             max_displacement=self.trust)
+                             max_displacement=self.trust, centre=centre)
         except OamlmError:
-            return point.positions  # the model cannot describe this structure: no ML move
+            return centre, 0  # the model cannot describe this structure: no ML move
         self.state.ml_calls += result["force_calls"]
         snapshot = work.copy()
         snapshot.calc = SinglePointCalculator(snapshot, forces=work.get_forces())
-        snapshot.info.update({"kind": "ml", "fine_call": self.state.fine_calls,
+        snapshot.info.update({"kind": kind, "fine_call": self.state.fine_calls,
                               "ml_steps": result["steps"]})
         self.frames.append(snapshot)
-        return work.get_positions()
+        return work.get_positions(), result["steps"]
 
     def _ml_forces_at(self, x: np.ndarray) -> np.ndarray | None:
         if not self.model.ready:
@@ -306,7 +340,7 @@ class HybridOptimizer:
             failures = self.store.group("failures", create=True)
             record = failures.create_group(f"{self.name}-fine{self.state.fine_calls + 1}",
                                            overwrite=True)
-            record.attrs.update({"optimisation": self.name, "reason": reason,
+            record.update_attributes({"optimisation": self.name, "reason": reason,
                                  "attempts": attempts or [], "time": now_iso()})
 
     def summary(self) -> dict:

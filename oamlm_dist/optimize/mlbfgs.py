@@ -32,15 +32,17 @@ def free_atoms(atoms: Atoms) -> np.ndarray:
 def ml_bfgs(atoms: Atoms, fmax: float = 0.05, steps: int = 200, maxstep: float = 0.1,
             reset_every: int | None = None,
             groups: Sequence[tuple[Sequence[int], int]] | None = None,
-            max_displacement: float | None = None, trajectory=None) -> dict:
+            max_displacement: float | None = None, centre: np.ndarray | None = None,
+            trajectory=None) -> dict:
     """Relax ``atoms`` in place with the forces of its calculator (e.g. a ForceField).
 
     Stops when the forces on the caller's free atoms are below ``fmax``, after ``steps``
-    steps, or when an atom reaches ``max_displacement`` from its start (it is put back on
-    that radius). Returns ``{"steps", "converged", "fmax", "force_calls", "trust_limited"}``.
+    steps, or when an atom reaches ``max_displacement`` from ``centre`` (default: its start;
+    it is put back on that radius). Returns ``{"steps", "converged", "fmax", "force_calls",
+    "trust_limited"}``.
     """
     base_constraints = list(atoms.constraints)
-    start = atoms.get_positions()
+    start = atoms.get_positions() if centre is None else np.asarray(centre)
     free = free_atoms(atoms)
     schedule = list(groups) if groups else [(np.flatnonzero(free), steps)]
     taken, calls, since_reset = 0, 0, 0
