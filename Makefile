@@ -4,7 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.oamlm-installed
-SYSTEM_PACKAGES := libxc-dev libopenblas-dev
+# openmpi: GPAW is built with MPI so a fine calculation can run on several ranks (mpi_ranks).
+SYSTEM_PACKAGES := libxc-dev libopenblas-dev openmpi-bin libopenmpi-dev
+# GPAW's C extension only builds with a C++ compiler (CC=g++ without a siteconfig); the
+# siteconfig selects the MPI C++ wrapper. Imported by plain python GPAW stays serial.
+GPAW_BUILD := GPAW_CONFIG=$(CURDIR)/deploy/gpaw-siteconfig.py CC=g++
 
 .PHONY: setup system-packages test demo lint clean
 
@@ -20,11 +24,15 @@ system-packages:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-$(STAMP): pyproject.toml | system-packages
+$(STAMP): pyproject.toml deploy/gpaw-siteconfig.py | system-packages
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# GPAW's C extension only builds with a C++ compiler as CC.
-	CC=g++ $(BIN)/pip install -q -e '.[test]'
+	$(GPAW_BUILD) $(BIN)/pip install -q -e '.[test]'
+	@# A GPAW built before without MPI (an older venv, or pip's wheel cache) is rebuilt once.
+	@$(BIN)/python -c 'import sys, gpaw.cgpaw as c; sys.exit(not c.have_mpi)' || { \
+	  echo "rebuilding GPAW with MPI"; \
+	  $(GPAW_BUILD) $(BIN)/pip install -q --no-deps --no-cache-dir --force-reinstall \
+	    "gpaw==$$($(BIN)/python -c 'import gpaw; print(gpaw.__version__)')"; }
 	@touch $@
 
 test: setup

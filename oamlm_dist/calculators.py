@@ -30,6 +30,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
+from . import gpaw_mpi
 from .errors import FineCalculationError, InputError, SCFConvergenceError
 
 __all__ = [
@@ -343,7 +344,20 @@ def ensure_cell(atoms: Atoms, vacuum: float = 4.0) -> Atoms:
 class GPAWCalculator(FineCalculator):
     """GPAW, PBE, spin-paired; LCAO/dzp by default, ``mode="fd"`` with h = 0.2 Å as in the source.
 
-    Extra setting ``vacuum`` (Å): box added around molecules without a cell.
+    Extra settings:
+
+    ``vacuum`` (Å)
+        Box added around molecules without a cell.
+    ``mpi_ranks`` (int or None)
+        Above 1: run the single point MPI-parallel on that many ranks in a subprocess
+        (:mod:`oamlm_dist.gpaw_mpi`), for a worker that owns that many cores (a batch job
+        with ``processes: 1``, see ``deploy/install.md``). None or 1: serial, in-process.
+        Needs GPAW built with MPI (``make setup`` does); results equal the serial ones.
+    ``mpi_launcher``
+        ``"mpiexec"`` (default; PBS, a workstation), ``"srun"`` (SLURM) or an argv prefix
+        containing ``{ranks}``, e.g. ``["srun", "--mpi=pmix", "-n", "{ranks}"]``.
+    ``mpi_timeout`` (s or None)
+        Stop the ranks and fail the attempt after this long.
     """
 
     name = "gpaw"
@@ -359,9 +373,9 @@ class GPAWCalculator(FineCalculator):
     accepted = frozenset({
         "charge", "convergence", "eigensolver", "gpts", "hund", "kpts", "magmoms", "maxiter",
         "mixer", "nbands", "occupations", "parallel", "poissonsolver", "random", "setups",
-        "symmetry", "interpolation",
+        "symmetry", "interpolation", "mpi_ranks", "mpi_launcher", "mpi_timeout",
     })
-    local_keys = FineCalculator.local_keys | {"vacuum"}
+    local_keys = FineCalculator.local_keys | {"vacuum", "mpi_ranks", "mpi_launcher", "mpi_timeout"}
 
     def __init__(self, **params: Any):
         # the LCAO basis default is meaningless for grid modes: GPAW picks its own guess
@@ -370,9 +384,38 @@ class GPAWCalculator(FineCalculator):
             params = {**params, "basis": None}
         super().__init__(**params)
 
+    def resolve(self, settings: dict[str, Any]) -> dict[str, Any]:
+        settings = super().resolve(settings)
+        ranks = settings.get("mpi_ranks")
+        if ranks is not None and (
+            isinstance(ranks, bool) or not isinstance(ranks, int) or ranks < 1
+        ):
+            raise InputError(f"gpaw setting mpi_ranks must be a positive integer, got {ranks!r}")
+        if "mpi_launcher" in settings:
+            try:
+                gpaw_mpi.launch_command(settings["mpi_launcher"], 1)
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"gpaw setting {_one_line(exc)}") from exc
+        timeout = settings.get("mpi_timeout")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+        ):
+            raise InputError(f"gpaw setting mpi_timeout must be seconds > 0, got {timeout!r}")
+        return settings
+
     def calculator_kwargs(self) -> dict[str, Any]:
         # txt=None must reach GPAW: leaving it out means a log on standard output
         return {**super().calculator_kwargs(), "txt": self.settings["txt"]}
+
+    def compute(self, atoms: Atoms) -> tuple[float, np.ndarray]:
+        ranks = self.settings.get("mpi_ranks") or 1
+        if ranks == 1:
+            return super().compute(atoms)
+        s = self.settings
+        result = gpaw_mpi.run(
+            atoms, s, ranks, s.get("mpi_launcher", "mpiexec"), s.get("mpi_timeout")
+        )
+        return result["energy"], result["forces"]
 
     def build(self) -> Calculator:
         from gpaw import GPAW
