@@ -1,5 +1,5 @@
-"""Campaign files: a whole pipeline (sample/ingest, describe, fit, evaluate, optimise) in one
-YAML file, validated completely before anything runs.
+"""Campaign files: a whole pipeline (sample/ingest, describe, optionally a hyper-parameter
+search, fit, evaluate, optimise) in one YAML file, validated completely before anything runs.
 
 Each stage is itself resumable (done-markers per block), and a finished stage is marked done
 under ``done/campaign/<name>/``, so ``campaign resume`` (the same as running again) continues
@@ -57,6 +57,19 @@ class DescribeStage:
 
 
 @dataclass
+class HpoStage:
+    """A particle-swarm search whose best parameters the fit stage then uses (SOAP settings
+    found by it mean a second describe with them before the fit)."""
+
+    space: str  # search-space YAML (see oamlm_dist.hpo.SearchSpace.from_dict)
+    particles: int = 16
+    iterations: int = 30
+    strategy: int = 1
+    seed: int = 0
+    timeout: float | None = None  # s per evaluation
+
+
+@dataclass
 class FitStage:
     model: str
     references: int = 2500
@@ -96,12 +109,13 @@ class Campaign:
     sample: SampleStage | None = None
     ingest: IngestStage | None = None
     describe: DescribeStage | None = None
+    hpo: HpoStage | None = None
     fit: FitStage | None = None
     evaluate: EvaluateStage | None = None
     optimize: OptimizeStage | None = None
 
 
-STAGES = ("ingest", "sample", "describe", "fit", "evaluate", "optimize")
+STAGES = ("ingest", "sample", "describe", "hpo", "fit", "evaluate", "optimize")
 
 
 def _check(value, hint, where: str):
@@ -181,12 +195,22 @@ def load_campaign(path: str | os.PathLike) -> Campaign:
         raise InputError(f"{path}: no stages (give some of {', '.join(STAGES)})")
     if campaign.evaluate and not campaign.fit:
         raise InputError(f"{path}: evaluate needs a fit stage (the model to evaluate)")
+    if campaign.hpo and not (campaign.fit and campaign.describe):
+        raise InputError(f"{path}: hpo needs describe and fit stages (its results tune them)")
     base = path.parent
 
     def resolve(p: str) -> str:
         return str(p if os.path.isabs(p) else base / p)
 
     campaign.store = resolve(campaign.store)
+    if campaign.hpo:
+        from oamlm_dist.hpo import SearchSpace
+
+        campaign.hpo.space = resolve(campaign.hpo.space)
+        try:
+            SearchSpace.from_yaml(campaign.hpo.space)
+        except InputError as exc:
+            raise InputError(f"{path}: hpo.space: {exc}") from exc
     if campaign.ingest:
         campaign.ingest.files = [resolve(f) for f in campaign.ingest.files]
     if campaign.evaluate:
@@ -238,12 +262,21 @@ def run_campaign(campaign: Campaign, client, log=print) -> dict:
                                       neighbours=spec.neighbours,
                                       max_permutations=spec.max_permutations,
                                       block_frames=spec.block_frames)
+        elif stage == "hpo":
+            results[stage] = _search(campaign, client, log)
+            Store.open(campaign.store, mode="a").mark_done(
+                _stage_key(campaign), stage, {"best": results[stage]["best"]})
+            continue
         elif stage == "fit":
             settings = FitSettings(references=spec.references, robust_epsilon=spec.robust,
                                    frames=spec.frames, train_rows=spec.train_rows,
                                    method=spec.loss, accept=spec.accept, seed=spec.seed,
                                    pool_size=spec.pool_size)
-            results[stage] = fit(campaign.store, spec.model, client, settings)
+            descriptor_set = None
+            if campaign.hpo:
+                settings, descriptor_set = _tuned(campaign, settings, client)
+            results[stage] = fit(campaign.store, spec.model, client, settings,
+                                 descriptor_set=descriptor_set)
         elif stage == "evaluate":
             results[stage] = evaluate(campaign.store, campaign.fit.model, spec.test, client,
                                       method=spec.loss, plots=spec.plots)
@@ -256,6 +289,45 @@ def run_campaign(campaign: Campaign, client, log=print) -> dict:
                                       model=model, out_dir=spec.out)
         Store.open(campaign.store, mode="a").mark_done(_stage_key(campaign), stage)
     return results
+
+
+def _search(campaign: Campaign, client, log) -> dict:
+    from oamlm_dist.hpo import SearchSpace, run_hpo
+
+    spec = campaign.hpo
+    return run_hpo(campaign.store, SearchSpace.from_yaml(spec.space), particles=spec.particles,
+                   iterations=spec.iterations, strategy=spec.strategy, seed=spec.seed,
+                   timeout=spec.timeout, client=client, scheme=campaign.describe.scheme,
+                   progress=lambda line: log(f"campaign {campaign.name}: hpo {line}"))
+
+
+def _tuned(campaign: Campaign, settings, client) -> tuple:
+    """Fit settings with the search's best parameters, and the descriptor set to fit on
+    (described again when the search chose other SOAP settings; None: the newest set)."""
+    from oamlm_dist.describe import DescriptorSpec, describe
+    from oamlm_dist.descriptors import SoapSettings
+    from oamlm_dist.hpo.objective import SOAP_PARAMETERS
+    from oamlm_dist.training import resolve_descriptor_set
+
+    store = Store.open(campaign.store)
+    best = store.root[f"done/{_stage_key(campaign)}/hpo"].attrs["best"]
+    descriptor_set = None
+    soap_values = {k: best[k] for k in SOAP_PARAMETERS if k in best}
+    if soap_values:
+        spec = campaign.describe
+        soap = dataclasses.replace(SoapSettings.parse(spec.soap) if spec.soap
+                                   else SoapSettings(), **soap_values)
+        descriptor_set = describe(campaign.store, spec.scheme, soap, client,
+                                  neighbours=spec.neighbours,
+                                  max_permutations=spec.max_permutations,
+                                  block_frames=spec.block_frames)["set"]
+    model = {k: best[k] for k in ("references", "beta", "robust_epsilon", "sigma1")
+             if k in best}
+    if "sigma2" in best:
+        set_name = resolve_descriptor_set(store, descriptor_set)
+        classes = DescriptorSpec.from_dict(store.root[f"classes/{set_name}"].attrs["spec"])
+        model["sigma2"] = dict.fromkeys(classes.classes(), float(best["sigma2"]))
+    return dataclasses.replace(settings, **model), descriptor_set
 
 
 def campaign_status(campaign: Campaign) -> dict:

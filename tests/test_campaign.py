@@ -73,3 +73,40 @@ def test_status_command_prints_json(tmp_path, capsys):
     assert main(["campaign", "status", str(path)]) == 0
     status = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(status["stages"]) == {"sample", "describe", "fit", "evaluate", "optimize"}
+
+
+HPO_CAMPAIGN = """
+name: tuned
+store: tuned.zarr
+sample: {structures: "alkanes:3", calculator: emt, temperature: 300, steps: 24, runs: 2}
+describe: {scheme: element, soap: "r_cut=3,n_max=3,l_max=2", block_frames: 8}
+hpo: {space: space.yaml, particles: 3, iterations: 2, seed: 1}
+fit: {model: m, references: 40}
+"""
+
+
+def test_campaign_fits_with_the_parameters_its_search_found(tmp_path, dask_client):
+    (tmp_path / "space.yaml").write_text(
+        "n_max: {low: 2, high: 4, type: int}\nl_max: {value: 2}\nr_cut: {value: 3.0}\n"
+        "references: {low: 8, high: 30, type: int}\n")
+    (tmp_path / "c.yaml").write_text(HPO_CAMPAIGN)
+    campaign = load_campaign(tmp_path / "c.yaml")
+    results = run_campaign(campaign, dask_client, log=lambda _: None)
+    assert list(results) == ["sample", "describe", "hpo", "fit"]
+    # Independent expectation: the best evaluation recorded in the store.
+    from oamlm_dist.hpo import hpo_report
+
+    recorded = hpo_report(campaign.store, results["hpo"]["run"])["stages"]
+    [stage] = recorded.values()
+    best = stage["best"]
+    assert stage["evaluations"] == 6 and results["hpo"]["best"] == best
+    store = Store.open(campaign.store)
+    model = store.root["models/m"].attrs
+    assert model["settings"]["references"] == best["references"]
+    used = store.root[f"classes/{model['descriptor_set']}"].attrs["spec"]["soap"]
+    assert used["n_max"] == best["n_max"] and used["l_max"] == 2
+    assert results["fit"]["classes"]["H"]["references"] == best["references"]
+    # Resumed after the fit marker was lost: the search is not repeated, the fit is the same.
+    del Store.open(campaign.store, mode="a").root["done/campaign/tuned/fit"]
+    again = run_campaign(load_campaign(tmp_path / "c.yaml"), dask_client, log=lambda _: None)
+    assert list(again) == ["fit"] and again["fit"] == results["fit"]
