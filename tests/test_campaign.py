@@ -96,7 +96,8 @@ def test_campaign_fits_with_the_parameters_its_search_found(tmp_path, dask_clien
     # Independent expectation: the best evaluation recorded in the store.
     from oamlm_dist.hpo import hpo_report
 
-    recorded = hpo_report(campaign.store, results["hpo"]["run"])["stages"]
+    recorded = hpo_report(campaign.store, results["hpo"]["run"],
+                          plot=tmp_path / "search.png")["stages"]
     [stage] = recorded.values()
     best = stage["best"]
     assert stage["evaluations"] == 6 and results["hpo"]["best"] == best
