@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import psutil
+from threadpoolctl import threadpool_limits
 
 from oamlm_dist.errors import InputError
 
@@ -50,6 +51,10 @@ _READ_BYTES = 64 << 20  # bytes per read of X, so chunked stores are read in lar
 _NEAR_ELEMENTS = 1 << 20  # elements per temporary of the direct distance recomputation
 
 
+# Its products are small (a block of rows against at most a few hundred candidates):
+# threaded BLAS only adds synchronisation. One thread: 40 000 x 156 rows -> 2500 references
+# took 1.5 s CPU / 4.5 s wall against 8.5 s / 14.5 s with OpenBLAS's default threads.
+@threadpool_limits.wrap(limits=1, user_api="blas")
 def rs_maximin(
     X: Any,
     k: int,

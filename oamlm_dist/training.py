@@ -131,9 +131,10 @@ def choose_references(store: Store, set_name: str, spec: DescriptorSpec, class_n
     parts = [_block_rows(store, set_name, class_name, key, ("X", "P", "Z", "Y"))
              for key in blocks]
     rows = {f: np.concatenate([p[f] for p in parts]) for f in ("X", "P", "Z", "Y")}
+    offsets = np.cumsum([0] + [len(p["X"]) for p in parts])
+    del parts  # the rows are in ``rows`` now: one copy of a class, not two
     perms = store.group(f"classes/{set_name}/{class_name}")["permutations"][:]
     scaler, refs, picked = references_from_rows(rows, perms, spec, settings)
-    offsets = np.cumsum([0] + [len(p["X"]) for p in parts])
     where = np.searchsorted(offsets, picked, side="right") - 1
     origin = [[blocks[int(b)], int(r - offsets[b])] for b, r in zip(where, picked, strict=True)]
     return scaler, refs, origin
@@ -433,6 +434,9 @@ def _train_blocks(store: Store, model: str, plans: dict[str, list[str]], client,
         parts = [client.submit(block_equations, path, model, class_name, key,
                                (weights or {}).get(key, 1.0), pure=False) for key in blocks]
         total = _tree_sum(client, parts)
+        # Only the tree may hold the blocks' equations (K x 2K each): a list of them kept
+        # here would pin every block's result in worker memory until all solves end.
+        del parts
         included = blocks
         if base and class_name in base:
             total = client.submit(merge_equations, client.scatter(base[class_name]), total,
