@@ -62,6 +62,10 @@ def test_input_distances_are_euclidean():
     expected = np.sqrt(((X[:, None, :] - Q[None, :, :]) ** 2).sum(-1))
     np.testing.assert_allclose(input_distances(X, Q), expected, rtol=1e-14)
     assert np.all(np.diag(input_distances(X, X)) == 0)
+    # The matrix-product form: equal elsewhere, within a few sqrt(eps)·|x| of zero at x = q.
+    np.testing.assert_allclose(input_distances(X, Q, fast=True), expected, rtol=1e-12)
+    scale = 4 * np.sqrt(np.finfo(float).eps) * np.linalg.norm(X, axis=1)
+    assert np.all(np.diag(input_distances(X, X, fast=True)) <= scale)
 
 
 def test_normal_equations_merge_equals_full_accumulation():

@@ -16,6 +16,7 @@ from oamlm_dist.align import NO_MATCH, align_block, align_core_au_block
 from oamlm_dist.descriptors import MinMaxScaler
 from oamlm_dist.models.emlm import EMLM
 from oamlm_dist.models.oamlm import OAMLM, predict_directions
+from oamlm_dist.models.regression import input_distances
 
 #: Goodness given to a pair that no permutation could match (alignment returned +inf):
 #: far beyond any real misfit (Å), so its weight exp(-(g/σ2)²) vanishes, yet finite for
@@ -100,13 +101,15 @@ class ClassModel:
             sl = slice(start, start + block)
             Xs = self.scaler.transform(np.asarray(X[sl], dtype=np.float64))
             R, g, _ = align_to_references(self.name, P[sl], Z[sl], self.refs)
-            d_c, d_g = self.oamlm.predict_outputs(Xs)
+            # One D_in for both models: they share the references.
+            D_in = input_distances(Xs, self.refs.Q, fast=True)
+            d_c, d_g = self.oamlm.predict_outputs(Xs, distances=D_in)
             r = self.oamlm.rotate_references(R)
             v0 = _towards_nearest(P[sl]) if method == "sqp" else None
             direction = predict_directions(
                 d_c, r, g, method=method, sigma1=self.oamlm.sigma1, sigma2=self.oamlm.sigma2,
                 d_g=d_g if self.oamlm.accept else None, v0=v0)
-            out["norm"].append(np.maximum(self.emlm.predict(Xs), 0.0))
+            out["norm"].append(np.maximum(self.emlm.predict(Xs, distances=D_in), 0.0))
             out["direction"].append(direction)
             out["spread"].append(_vote_spread(d_c, r, g, self.oamlm.sigma2))
             out["min_g"].append(g.min(axis=1))

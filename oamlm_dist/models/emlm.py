@@ -71,9 +71,13 @@ class EMLM:
         return cls(Q=Q, W=W, beta=beta, normalised_ridge=normalised_ridge,
                    vector_output=vector_output)
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Outputs for descriptors X (n, d): (n,) or (n, n_outputs) like the training Y."""
-        prediction = input_distances(X, self.Q) @ self.W
+    def predict(self, X: np.ndarray, distances: np.ndarray | None = None) -> np.ndarray:
+        """Outputs for descriptors X (n, d): (n,) or (n, n_outputs) like the training Y.
+
+        ``distances``: ``D_in`` of X against the references, when already computed.
+        """
+        D_in = input_distances(X, self.Q) if distances is None else distances
+        prediction = D_in @ self.W
         return prediction if self.vector_output else prediction[:, 0]
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -323,9 +323,13 @@ class OAMLM:
         return cls(Q=np.asarray(Q), T=np.asarray(T), B_c=B[:, :K], B_g=B_g, beta=beta,
                    **settings)
 
-    def predict_outputs(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Predicted cosines ``d_c`` and goodness ``d_g`` (None without B_g), each (n, K)."""
-        D_in = input_distances(X, self.Q)
+    def predict_outputs(self, X: np.ndarray, distances: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predicted cosines ``d_c`` and goodness ``d_g`` (None without B_g), each (n, K).
+
+        ``distances``: ``D_in`` of X against the references, when already computed.
+        """
+        D_in = input_distances(X, self.Q) if distances is None else distances
         d_c = D_in @ self.B_c
         if self.c_c is not None:
             d_c += self.c_c

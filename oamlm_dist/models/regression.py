@@ -35,7 +35,7 @@ _MIN_SCALE = 10 * np.finfo(np.float64).eps  # scikit-learn's lower bound on the 
 _BLOCK_ELEMENTS = 2**22  # residual-matrix elements per column block in the Huber fit
 
 
-def input_distances(X: np.ndarray, Q: np.ndarray) -> np.ndarray:
+def input_distances(X: np.ndarray, Q: np.ndarray, fast: bool = False) -> np.ndarray:
     """Euclidean distances between descriptors and references: ``D_in = cdist(X, Q)``.
 
     Parameters
@@ -44,6 +44,12 @@ def input_distances(X: np.ndarray, Q: np.ndarray) -> np.ndarray:
         Descriptors (already scaled).
     Q : (K, d) array
         Reference descriptors.
+    fast : bool
+        ``|x|² + |q|² - 2 x·q`` through one matrix product, for predictions: ten times
+        faster than the direct sums (151 x 2500 x 2030: 0.05 s against 0.46 s on one core),
+        but it cancels to about sqrt(eps)·|x| where x ≈ q and its rounding depends on the
+        block shape. Training keeps the direct sums: exact zeros for X == Q, and the same
+        rows whatever the blocking (an incremental update equals a refit).
 
     Returns
     -------
@@ -51,8 +57,10 @@ def input_distances(X: np.ndarray, Q: np.ndarray) -> np.ndarray:
     """
     X = np.atleast_2d(np.asarray(X, dtype=np.float64))
     Q = np.atleast_2d(np.asarray(Q, dtype=np.float64))
-    # cdist sums squared differences directly: exact zeros for X == Q, no cancellation.
-    return cdist(X, Q)
+    if not fast:
+        return cdist(X, Q)
+    squared = (X * X).sum(axis=1)[:, None] + (Q * Q).sum(axis=1)[None, :] - 2.0 * (X @ Q.T)
+    return np.sqrt(np.maximum(squared, 0.0))
 
 
 def ridge_parameter(beta: float, n_references: int, weight_sum: float, normalised: bool) -> float:
