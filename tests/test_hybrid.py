@@ -188,25 +188,42 @@ def test_fine_bfgs_takes_the_steps_of_ase_bfgs():
     assert np.allclose(np.array(positions), np.array(reference[:7]), atol=1e-10)
 
 
-def test_speculation_takes_ml_steps_while_the_fine_calculation_runs(dask_client, monkeypatch):
-    """ML rounds started from the speculative geometry need fewer steps once the fine result
-    is in than rounds started at the fine point, and reach the same minimum."""
-    speculating = HybridOptimizer(start_structure(), cold_model(), "emt", name="speculating")
+class ShiftedEMTModel:
+    """A fixed 'model' (it never learns): EMT forces plus a constant per-atom offset. Its
+    correction at every fine point is minus that offset, so the surrogate a speculative
+    round relaxes on equals the one of the round after the fine result."""
+
+    ready = True
+
+    def __init__(self, n_atoms: int):
+        self.model = self
+        self.offset = np.random.default_rng(7).normal(0.0, 0.3, (n_atoms, 3))
+
+    def add(self, frames, weight=1.0):
+        pass
+
+    def predict(self, atoms, method=None):
+        probe = atoms.copy()
+        probe.calc = EMT()
+        return {"forces": probe.get_forces() + self.offset}
+
+
+def test_speculation_relaxes_while_the_fine_calculation_runs(dask_client, monkeypatch):
+    """With identical surrogates before and after a fine result, the speculative round does
+    all the ML work: the round after the result, started from its geometry, has (almost)
+    nothing left to do. Without speculation the same rounds take their steps after the
+    result; both end in the same minimum."""
+    start = start_structure()
+    speculating = HybridOptimizer(start, ShiftedEMTModel(len(start)), "emt", name="ahead")
     with_speculation = optimize_many([speculating], dask_client)[0]
     monkeypatch.setattr(HybridOptimizer, "speculate", lambda self: None)
-    waiting = HybridOptimizer(start_structure(), cold_model(), "emt", name="waiting")
+    waiting = HybridOptimizer(start, ShiftedEMTModel(len(start)), "emt", name="waiting")
     without = optimize_many([waiting], dask_client)[0]
 
     assert with_speculation["converged"] and without["converged"]
     assert abs(with_speculation["energy"] - without["energy"]) < 1e-3
     ahead = [r for r in speculating.state.rounds if r.get("speculative_steps")]
     assert ahead, "no ML round started from a speculative geometry"
-
-    def steps_after_result(optimizer):
-        steps = [r["ml_steps"] for r in optimizer.state.rounds if "ml_steps" in r]
-        return sum(steps) / len(steps)
-
-    print(f"ML steps per round after the fine result: {steps_after_result(speculating):.1f} "
-          f"with speculation ({len(ahead)} rounds), {steps_after_result(waiting):.1f} without; "
-          f"fine calls {with_speculation['fine_calls']} vs {without['fine_calls']}")
-    assert steps_after_result(speculating) < 0.5 * steps_after_result(waiting)
+    assert all(r["ml_steps"] <= 1 for r in ahead), speculating.state.rounds
+    after = [r["ml_steps"] for r in waiting.state.rounds[1:] if "ml_steps" in r]
+    assert after and max(after) > 1, waiting.state.rounds

@@ -176,7 +176,9 @@ class HybridOptimizer:
         correction = self._correction(self.points[-1])
         if correction is None:
             return
-        target, steps = self._relax(x, correction, x, "ml-speculative")
+        # The trust radius the next round will have if this ML point is accepted.
+        trust = self._grown_trust() if self.pending_kind == "ml" else self.trust
+        target, steps = self._relax(x, correction, x, trust, "ml-speculative")
         self.speculative = target
         self.speculative_steps = steps
 
@@ -213,7 +215,7 @@ class HybridOptimizer:
             self.trust = max(s.trust_min, self.trust / 2)
             return self._fine_step(best, "backtrack")
         if point.kind == "ml":
-            self.trust = min(s.trust_max, self.trust * 1.5)
+            self.trust = self._grown_trust()
         if agreement["agree"] and self.model.ready:
             target = self._ml_round(point)
             if np.abs(target - x).max() > 1e-6:
@@ -239,7 +241,7 @@ class HybridOptimizer:
         if correction is None:
             return point.positions
         start = point.positions if self.speculative is None else self.speculative
-        target, steps = self._relax(start, correction, point.positions, "ml")
+        target, steps = self._relax(start, correction, point.positions, self.trust, "ml")
         self.state.rounds[-1].update({"ml_steps": steps,
                                       "speculative_steps": self.speculative_steps
                                       if self.speculative is not None else 0})
@@ -251,9 +253,13 @@ class HybridOptimizer:
         raw = self._ml_forces_at(point.positions)
         return None if raw is None else point.forces - raw
 
+    def _grown_trust(self) -> float:
+        """The trust radius after a good ML round."""
+        return min(self.settings.trust_max, self.trust * 1.5)
+
     def _relax(self, start: np.ndarray, correction: np.ndarray, centre: np.ndarray,
-               kind: str) -> tuple[np.ndarray, int]:
-        """ML-BFGS on the corrected surrogate from ``start``, within the trust radius around
+               trust: float, kind: str) -> tuple[np.ndarray, int]:
+        """ML-BFGS on the corrected surrogate from ``start``, within ``trust`` around
         ``centre``; the geometry reached (kept in the trajectory as ``kind``) and the steps
         taken."""
         s = self.settings
@@ -264,7 +270,7 @@ class HybridOptimizer:
         try:
             result = ml_bfgs(work, fmax=s.fmax * s.ml_fmax_factor, steps=s.ml_steps,
                              maxstep=s.ml_maxstep, reset_every=s.reset_every,
-                             max_displacement=self.trust, centre=centre)
+                             max_displacement=trust, centre=centre)
         except OamlmError:
             return centre, 0  # the model cannot describe this structure: no ML move
         self.state.ml_calls += result["force_calls"]
