@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import time
 import tracemalloc
@@ -29,6 +28,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["MKL_NUM_THREADS"] = "1"
 
 import numpy as np
+from machine import cpu_model  # benchmarks/machine.py, next to this script
 from scipy.spatial.distance import cdist
 
 from oamlm_dist.sampling import rs_maximin
@@ -65,17 +65,6 @@ def timed(func, *args, **kwargs):
     wall, cpu = time.perf_counter(), time.process_time()
     result = func(*args, **kwargs)
     return result, time.perf_counter() - wall, time.process_time() - cpu
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -109,6 +109,7 @@ import numpy as np
 import psutil
 from ase.calculators.singlepoint import SinglePointCalculator
 from distributed import Client, get_task_stream, progress
+from machine import cpu_model  # benchmarks/machine.py, next to this script
 from threadpoolctl import threadpool_limits
 
 import oamlm_dist.training as training
@@ -527,17 +528,6 @@ def probe_row_costs(store: Store, model: str, set_name: str, n_rows: int) -> dic
                     "pair_alignments_per_cpu_s": n * K / c_align,
                     "block_task_bytes_per_row": K * (9 + 3) * 8}
     return out
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def gib(value: float | None) -> float | None:

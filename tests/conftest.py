@@ -62,9 +62,8 @@ def md_frames(n: int, seed: int, name: str = "C3H8", every: int = 2) -> list:
     return frames
 
 
-@pytest.fixture(scope="session")
-def dask_client():
-    """A two-worker local cluster shared by the stage tests (starting one costs seconds)."""
+def two_worker_client():
+    """A client of a two-worker local cluster, closed when the generator is resumed."""
     from distributed import Client
 
     from oamlm_dist.cluster import local_cluster
@@ -76,3 +75,9 @@ def dask_client():
     logging.getLogger("distributed").setLevel(logging.CRITICAL)
     client.close()
     cluster.close()
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """A two-worker local cluster shared by the stage tests (starting one costs seconds)."""
+    yield from two_worker_client()

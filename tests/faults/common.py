@@ -90,34 +90,16 @@ def run_and_kill_a_worker(client, stage: Callable[[], dict], prefix: str,
     Returns the stage's result and what was killed: pid, key, blocks done at the kill, and
     the seconds from the kill to the end of the stage.
     """
-    outcome: dict = {}
 
-    def target() -> None:
-        try:
-            outcome["result"] = stage()
-        except BaseException as exc:  # re-raised in the test's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    killed: dict = {}
-    deadline = time.monotonic() + timeout
-    while thread.is_alive() and not killed and time.monotonic() < deadline:
-        time.sleep(0.02)
+    def pick() -> dict | None:
         done = progress()
         if 1 <= done < total:
             found = worker_running(client, prefix)
             if found:
-                os.kill(found[0], signal.SIGKILL)
-                killed = {"pid": found[0], "key": found[1], "done_at_kill": done,
-                          "at": time.perf_counter()}
-    thread.join(timeout)
-    if killed:
-        killed["recovered_s"] = time.perf_counter() - killed.pop("at")
-    assert not thread.is_alive(), "the stage did not finish after the worker was killed"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"], killed
+                return {"pid": found[0], "key": found[1], "done_at_kill": done}
+        return None
+
+    return run_and_kill_when(client, stage, pick, timeout)
 
 
 def run_and_kill_when(client, stage: Callable[[], object],

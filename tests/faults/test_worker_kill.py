@@ -4,14 +4,11 @@ stored rows and model are bit-identical to an undisturbed run."""
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 
 import pytest
-from distributed import Client
 
-from oamlm_dist.cluster import local_cluster
 from oamlm_dist.describe import describe
 from oamlm_dist.store import Store
 from oamlm_dist.training import FitSettings, fit
@@ -28,17 +25,6 @@ from .common import (
 BLOCK_FRAMES = 4
 SEGMENTS, FRAMES = 2, 40  # 20 describe blocks, 40 fit blocks (two classes)
 SETTINGS = FitSettings(references=60)
-
-
-@pytest.fixture(scope="module")
-def client():
-    """Two worker processes of our own: killing one must not disturb other tests."""
-    cluster = local_cluster(n_workers=2)
-    client = Client(cluster)
-    yield client
-    logging.getLogger("distributed").setLevel(logging.CRITICAL)
-    client.close()
-    cluster.close()
 
 
 @pytest.fixture(scope="module")

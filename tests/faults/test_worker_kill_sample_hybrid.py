@@ -5,16 +5,13 @@ run's (bit for bit: MD and EMT are deterministic, and so is the client-side ML).
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 
 import numpy as np
 import pytest
 from ase.cluster import Icosahedron, Octahedron
-from distributed import Client
 
-from oamlm_dist.cluster import local_cluster
 from oamlm_dist.descriptors import SoapSettings
 from oamlm_dist.optimize import hybrid
 from oamlm_dist.optimize.hybrid import HybridOptimizer, HybridSettings, optimize_many
@@ -30,17 +27,6 @@ from .common import (
     running_tasks,
     task_story,
 )
-
-
-@pytest.fixture(scope="module")
-def client():
-    """Two worker processes of our own: killing one must not disturb other tests."""
-    cluster = local_cluster(n_workers=2)
-    client = Client(cluster)
-    yield client
-    logging.getLogger("distributed").setLevel(logging.CRITICAL)
-    client.close()
-    cluster.close()
 
 
 def worker_pids(client) -> set[int]:
