@@ -3,9 +3,10 @@
 Systems: Au_n(SCH3)_n rings (n = 4..7) and a C10 alkane, relaxed with xTB, then rattled
 (0.15 Å, fixed seeds); every optimiser starts from the same geometry and stops at fine
 fmax <= 0.05 eV/Å. Peers run on xTB directly: ASE BFGS, LBFGS, FIRE and GPMin. The hybrid
-runs with a model pre-trained on MD of *other* ring sizes (3 and 8; alkanes C2-C4 for C10)
-and from a cold start. The last line is one JSON object with, per system and optimiser,
-``fine_calls`` and ``energy``, and ``fine_call_ratio_vs_bfgs``.
+runs with a model pre-trained on MD of *other* ring sizes (3 and 8; alkanes C2-C4 for C10),
+with and without speculative ML rounds, and from a cold start. The last line is one JSON
+object with, per system and optimiser, ``fine_calls`` and ``energy``, and
+``fine_call_ratio_vs_bfgs``.
 
 Usage: python benchmarks/hybrid.py [--quick] [--out DIR]
 """
@@ -105,9 +106,13 @@ def main() -> dict:
             row = {peer.__name__: run_peer(peer, start) for peer in (BFGS, LBFGS, FIRE, GPMin)}
             kind = "alkane" if name.startswith("alkane") else "ring"
             store, model_name = models[kind]
-            for label, model in (("hybrid_pretrained", model_name), ("hybrid_cold", None)):
+            variants = (("hybrid_pretrained", model_name, True),
+                        ("hybrid_pretrained_no_speculation", model_name, False),
+                        ("hybrid_cold", None, True))
+            for label, model, speculate in variants:
                 online = online_model(Store.open(store), model, [start], None)
-                optimizer = HybridOptimizer(start, online, "xtb", {}, HybridSettings(fmax=FMAX),
+                optimizer = HybridOptimizer(start, online, "xtb", {},
+                                            HybridSettings(fmax=FMAX, speculate=speculate),
                                             name=f"{name}-{label}")
                 result = optimize_many([optimizer], client)[0]
                 row[label] = {"fine_calls": result["fine_calls"], "energy": result["energy"],

@@ -97,6 +97,7 @@ class OptimizeStage:
     fmax: float = 0.05
     max_fine: int = 100
     fine_timeout_s: float | None = None
+    speculate: bool = True
     use_model: bool = True
     out: str = "relax"
 
@@ -285,7 +286,8 @@ def run_campaign(campaign: Campaign, client, log=print) -> dict:
             results[stage] = optimize(spec.structures, campaign.store, client, spec.calculator,
                                       spec.calc_params,
                                       HybridSettings(fmax=spec.fmax, max_fine=spec.max_fine,
-                                                     fine_timeout_s=spec.fine_timeout_s),
+                                                     fine_timeout_s=spec.fine_timeout_s,
+                                                     speculate=spec.speculate),
                                       model=model, out_dir=spec.out)
         Store.open(campaign.store, mode="a").mark_done(_stage_key(campaign), stage)
     return results

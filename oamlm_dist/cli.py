@@ -102,7 +102,7 @@ def _cmd_optimize(args: argparse.Namespace) -> None:
     from oamlm_dist.optimize.run import optimize
 
     settings = HybridSettings(fmax=args.fmax, max_fine=args.max_fine, ml_maxstep=args.maxstep,
-                              fine_timeout_s=args.fine_timeout)
+                              fine_timeout_s=args.fine_timeout, speculate=args.speculate)
     with get_client(args.scheduler, n_workers=args.workers) as client:
         results = optimize(args.structures, args.store, client, args.calculator,
                            _parse_params(args.calc_param), settings, model=args.model,
@@ -352,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fmax", type=float, default=0.05, help="eV/Å, on fine forces")
     p.add_argument("--max-fine", type=int, default=100, help="fine-call budget per structure")
     p.add_argument("--maxstep", type=float, default=0.1, help="ML-BFGS step cap (Å)")
+    p.add_argument("--no-speculate", dest="speculate", action="store_false",
+                   help="do not relax on the ML model while a fine calculation runs")
     p.add_argument("--fine-timeout", type=float, default=None, metavar="SECONDS",
                    help="a fine calculation running longer counts as failed (default: none)")
     p.add_argument("--scheme", choices=["thiolate", "element"], default=None,

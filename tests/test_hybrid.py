@@ -14,7 +14,7 @@ from distributed import Client, LocalCluster
 from oamlm_dist.descriptors import SoapSettings
 from oamlm_dist.errors import SCFConvergenceError
 from oamlm_dist.optimize import hybrid
-from oamlm_dist.optimize.hybrid import FineBFGS, HybridOptimizer, optimize_many
+from oamlm_dist.optimize.hybrid import FineBFGS, HybridOptimizer, HybridSettings, optimize_many
 from oamlm_dist.optimize.hybrid import fine_single_point as real_single_point
 from oamlm_dist.optimize.mlbfgs import ml_bfgs
 from oamlm_dist.optimize.online import OnlineModel
@@ -208,7 +208,7 @@ class ShiftedEMTModel:
         return {"forces": probe.get_forces() + self.offset}
 
 
-def test_speculation_relaxes_while_the_fine_calculation_runs(dask_client, monkeypatch):
+def test_speculation_relaxes_while_the_fine_calculation_runs(dask_client):
     """With identical surrogates before and after a fine result, the speculative round does
     all the ML work: the round after the result, started from its geometry, has (almost)
     nothing left to do. Without speculation the same rounds take their steps after the
@@ -216,8 +216,8 @@ def test_speculation_relaxes_while_the_fine_calculation_runs(dask_client, monkey
     start = start_structure()
     speculating = HybridOptimizer(start, ShiftedEMTModel(len(start)), "emt", name="ahead")
     with_speculation = optimize_many([speculating], dask_client)[0]
-    monkeypatch.setattr(HybridOptimizer, "speculate", lambda self: None)
-    waiting = HybridOptimizer(start, ShiftedEMTModel(len(start)), "emt", name="waiting")
+    waiting = HybridOptimizer(start, ShiftedEMTModel(len(start)), "emt", name="waiting",
+                              settings=HybridSettings(speculate=False))
     without = optimize_many([waiting], dask_client)[0]
 
     assert with_speculation["converged"] and without["converged"]

@@ -53,6 +53,8 @@ class HybridSettings:
     energy_tolerance: float = 1e-3  # eV, a rise beyond this rejects an ML round
     new_weight: float = 5.0  # weight of fine rows in the online model update
     reset_every: int | None = None
+    # relax on the current surrogate while a fine calculation runs (see speculate)
+    speculate: bool = True
     # s; a fine calculation running longer is cancelled and counts as failed (None: no limit)
     fine_timeout_s: float | None = None
 
@@ -170,7 +172,7 @@ class HybridOptimizer:
         this geometry: the two surrogates differ by a constant force shift, so their minima
         are close and most ML steps were taken while the fine calculation ran."""
         self.speculative = None
-        if not self.points or not self.model.ready:
+        if not self.settings.speculate or not self.points or not self.model.ready:
             return
         x = self.atoms.get_positions()
         correction = self._correction(self.points[-1])
