@@ -255,13 +255,36 @@ def compute_block(store_path: str, model: str, class_name: str, key: str) -> dic
     return {"key": key, "rows": len(D_in), "wall_s": time.perf_counter() - start}
 
 
-def block_equations(store_path: str, model: str, class_name: str, key: str,
-                    weight: float = 1.0) -> NormalEquations:
-    """Dask task: normal equations of one stored training block."""
-    group = Store.open(store_path).group(f"models/{model}/{class_name}/train/{key}")
-    D_in = group["D_in"][:]
-    weights = None if weight == 1.0 else np.full(len(D_in), weight)
-    return equations_of(D_in, group["D_c"][:], group["D_g"][:], group["norm"][:], weights)
+def block_equations(store_path: str, model: str, class_name: str, keys: list[str],
+                    weights: list[float]) -> NormalEquations:
+    """Dask task: normal equations of stored training blocks (rows stacked, one product)."""
+    root = Store.open(store_path).group(f"models/{model}/{class_name}/train")
+    blocks = [root[key] for key in keys]
+    D_in = np.concatenate([b["D_in"][:] for b in blocks])
+    row_weights = np.concatenate([np.full(b["D_in"].shape[0], w)
+                                  for b, w in zip(blocks, weights, strict=True)])
+    return equations_of(D_in, np.concatenate([b["D_c"][:] for b in blocks]),
+                        np.concatenate([b["D_g"][:] for b in blocks]),
+                        np.concatenate([b["norm"][:] for b in blocks]),
+                        None if np.all(row_weights == 1.0) else row_weights)
+
+
+def equation_groups(store: Store, model: str, class_name: str, blocks: list[str],
+                    min_rows: int) -> list[list[str]]:
+    """Consecutive blocks grouped until each group has ``min_rows`` rows.
+
+    A block's equations are K x (2K + 1) whatever its rows: blocks of a few rows (training on
+    the references only, N = K) would cost one such matrix each to compute and to sum.
+    """
+    done = store.group(f"done/{FIT_STAGE}/{model}/{class_name}")
+    groups, rows = [[]], 0
+    for key in blocks:
+        if rows >= min_rows:
+            groups.append([])
+            rows = 0
+        groups[-1].append(key)
+        rows += int(done[key].attrs["rows"])
+    return groups
 
 
 def merge_equations(*parts: NormalEquations) -> NormalEquations:
@@ -431,8 +454,10 @@ def _train_blocks(store: Store, model: str, plans: dict[str, list[str]], client,
     summary = {"model": model, "classes": {}}
     solves = []
     for class_name, blocks in plans.items():
-        parts = [client.submit(block_equations, path, model, class_name, key,
-                               (weights or {}).get(key, 1.0), pure=False) for key in blocks]
+        groups = equation_groups(store, model, class_name, blocks, settings.references)
+        parts = [client.submit(block_equations, path, model, class_name, group,
+                               [(weights or {}).get(key, 1.0) for key in group], pure=False)
+                 for group in groups]
         total = _tree_sum(client, parts)
         # Only the tree may hold the blocks' equations (K x 2K each): a list of them kept
         # here would pin every block's result in worker memory until all solves end.
