@@ -425,3 +425,10 @@ def test_weighted_angle_against_hand_computed_values():
     assert median_angle_deg(pred, ref) == pytest.approx(90.0)
     assert angles_deg([1.0, 0, 0], [-1.0, 1e-9, 0])[0] == pytest.approx(180.0)
     assert np.isnan(angles_deg([0.0, 0, 0], [1.0, 0, 0])[0])
+
+
+def test_weighted_angle_scores_an_empty_prediction_as_90_degrees():
+    pred = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    ref = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 0.0]])
+    # angles 0°, (none: 90°), (zero reference, weight 0); weights 1, 4, 0
+    assert weighted_angle_deg(pred, ref) == pytest.approx(90 * 4 / 5)

@@ -232,7 +232,10 @@ def weighted_angle_deg(
     """
     ref = np.atleast_2d(np.asarray(ref, dtype=np.float64))
     w = np.sum(ref * ref, axis=-1) if weights is None else np.asarray(weights, dtype=np.float64)
-    return float(np.sum(w * angles_deg(pred, ref)) / np.sum(w))
+    # A zero vector has no direction: scored 90°, the mean angle of a random guess, so one
+    # empty prediction does not turn the whole average into NaN.
+    angles = np.nan_to_num(angles_deg(pred, ref), nan=90.0)
+    return float(np.sum(w * angles) / np.sum(w))
 
 
 def mean_angle_deg(pred: np.ndarray, ref: np.ndarray) -> float:
