@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from oamlm_dist.errors import InputError
-from oamlm_dist.store import Store, now_iso
+from oamlm_dist.store import Store, now_iso, version_in_force
 
 MAX_SEGMENT_ROWS = 50
 REACHED_ORDER = ("start", "ml", "fine-bfgs", "backtrack")
@@ -107,7 +107,8 @@ def models(store: Store) -> list[dict]:
                 classes.append({"class": cls, "references": None, "trained_rows": None})
                 continue
             cgroup = store.root[path]
-            refs = cgroup["ref_Q"].shape[0] if "ref_Q" in cgroup.array_keys() else None
+            refs = (version_in_force(cgroup)["ref_Q"].shape[0] if "version" in cgroup.attrs
+                    else None)
             classes.append({"class": cls, "references": refs,
                             "trained_rows": cgroup.attrs.get("trained_rows")})
         out.append({"name": name, "descriptor_set": attrs.get("descriptor_set"),

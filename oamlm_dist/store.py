@@ -81,6 +81,12 @@ def settings_key(settings: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:10]
 
 
+def version_in_force(class_group: zarr.Group, attrs: dict | None = None) -> zarr.Group:
+    """The ``v<n>/`` group of a class model that its attributes put in force (``attrs``: the
+    attributes already read, so that the version matches what else was taken from them)."""
+    return class_group[f"v{(attrs or class_group.attrs)['version']}"]
+
+
 @dataclass(frozen=True)
 class FrameBatch:
     """Frames ready to be written: ragged atoms concatenated, one row per frame otherwise."""

@@ -46,7 +46,7 @@ from oamlm_dist.models.regression import (
     input_distances,
 )
 from oamlm_dist.sampling import rs_maximin
-from oamlm_dist.store import Store, now_iso, task_token
+from oamlm_dist.store import Store, now_iso, task_token, version_in_force
 
 FIT_STAGE = "fit"
 
@@ -192,15 +192,14 @@ def solve_class_model(cm: ClassModel, equations: NormalEquations, settings: dict
 def load_class_model(store: Store, model: str, class_name: str) -> ClassModel:
     group = store.group(f"models/{model}/{class_name}")
     attrs = dict(group.attrs)  # read once: it names the version to load
-    version = group[f"v{attrs['version']}"]
+    version = version_in_force(group, attrs)
     arrays = {name: version[name][...] for name in version.array_keys()}
     return ClassModel.from_arrays(arrays, attrs)
 
 
 def stored_equations(store: Store, model: str, class_name: str) -> NormalEquations:
     """The normal equations the class model in force was solved from."""
-    group = store.group(f"models/{model}/{class_name}")
-    equations = group[f"v{group.attrs['version']}/equations"]
+    equations = version_in_force(store.group(f"models/{model}/{class_name}"))["equations"]
     return NormalEquations.from_arrays({k: equations[k][...] for k in equations.array_keys()})
 
 
@@ -431,7 +430,7 @@ def _write_model(store: Store, model: str, settings: FitSettings, set_name: str,
     summary = _train_blocks(store, model, {c: b for c, b in plans.items() if c not in solved},
                             client, settings)
     for class_name, class_group in solved.items():
-        refs = class_group[f"v{class_group.attrs['version']}/ref_Q"].shape[0]
+        refs = version_in_force(class_group)["ref_Q"].shape[0]
         summary["classes"][class_name] = {"references": refs,
                                           "rows": class_group.attrs["trained_rows"]}
     return summary

@@ -108,6 +108,10 @@ def test_report_command_writes_markdown_with_working_links(built, tmp_path, caps
     assert f"| fine | {n_fine} | {n_fine} | 0 |" in text
     assert "| H | 32 |" in text and "| C | 8 |" in text
     assert "### `m`" in text and "references=10" in text
+    # References per class: K = 10, or all 8 rows of C.
+    model_section = text.split("### `m`")[1]
+    assert re.search(r"\| H \| 10 \| \d+ \|", model_section)
+    assert re.search(r"\| C \| 8 \| \d+ \|", model_section)
     for cls, metrics in built["evaluation"]["classes"].items():
         assert f"| {cls} | {metrics['n']} | {metrics['weighted_angle_deg']:.2f} |" in text
     # One summary row per run: fine calls, final energy and fmax, how geometries were reached.
