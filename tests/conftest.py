@@ -42,6 +42,21 @@ def tree_checksum(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def record_md(atoms, dynamics, n: int, every: int = 1) -> list:
+    """``n`` frames of ``dynamics`` on ``atoms`` (one every ``every`` steps), each a copy with
+    the energy and forces of its step attached."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = []
+    for _ in range(n):
+        dynamics.run(every)
+        frame = atoms.copy()
+        frame.calc = SinglePointCalculator(frame, energy=atoms.get_potential_energy(),
+                                           forces=atoms.get_forces())
+        frames.append(frame)
+    return frames
+
+
 def md_frames(n: int, seed: int, name: str = "C3H8", every: int = 2) -> list:
     """``n`` frames of EMT MD (every ``every`` steps of 1 fs), forces and energies attached."""
     from ase import units
@@ -51,15 +66,7 @@ def md_frames(n: int, seed: int, name: str = "C3H8", every: int = 2) -> list:
     atoms.calc = EMT()
     rng = np.random.default_rng(seed)
     atoms.set_momenta(rng.normal(scale=0.3, size=(len(atoms), 3)))
-    dynamics = VelocityVerlet(atoms, timestep=1.0 * units.fs)
-    frames = []
-    for _ in range(n):
-        dynamics.run(every)
-        frame = atoms.copy()
-        frame.arrays["forces"] = atoms.get_forces()
-        frame.info["energy"] = atoms.get_potential_energy()
-        frames.append(frame)
-    return frames
+    return record_md(atoms, VelocityVerlet(atoms, timestep=1.0 * units.fs), n, every)
 
 
 def two_worker_client():

@@ -16,12 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from ase import Atoms, units
+from ase import Atoms
 from ase.build import molecule
-from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
-from ase.md.verlet import VelocityVerlet
 
 from oamlm_dist.cli import main
 from oamlm_dist.describe import describe
@@ -29,7 +27,7 @@ from oamlm_dist.ingest import HARTREE_PER_BOHR, ingest
 from oamlm_dist.store import FrameBatch, Store
 from oamlm_dist.structures import gold_thiolate_ring
 from oamlm_dist.training import FitSettings, fit
-from tests.conftest import emt_frames, tree_checksum
+from tests.conftest import emt_frames, md_frames, tree_checksum
 
 SOAP = "r_cut=3,n_max=3,l_max=2"
 
@@ -52,7 +50,7 @@ class Env:
             path = self.root / "trained.zarr"
             store = Store.create(path)
             segment = store.new_segment("md", {"name": "run0"})
-            segment.append(FrameBatch.from_atoms(md_frames(12, "C3H8")))
+            segment.append(FrameBatch.from_atoms(md_frames(12, 1, "C3H8", every=1)))
             segment.mark_complete()
             describe(path, "element", SOAP, self.client, block_frames=6)
             fit(path, "m", self.client, FitSettings(references=30))
@@ -67,22 +65,6 @@ def env(dask_client, tmp_path_factory):
 
 
 # ---- inputs ----------------------------------------------------------------------------------
-
-def md_frames(n: int, name: str, seed: int = 1) -> list[Atoms]:
-    """Consecutive EMT MD frames (1 fs apart) with energies and forces."""
-    atoms = molecule(name)
-    atoms.calc = EMT()
-    atoms.set_momenta(np.random.default_rng(seed).normal(scale=0.3, size=(len(atoms), 3)))
-    dynamics = VelocityVerlet(atoms, timestep=1.0 * units.fs)
-    frames = []
-    for _ in range(n):
-        dynamics.run(1)
-        frame = atoms.copy()
-        frame.calc = SinglePointCalculator(frame, energy=atoms.get_potential_energy(),
-                                           forces=atoms.get_forces())
-        frames.append(frame)
-    return frames
-
 
 def edited(frames: list[Atoms], edit: Callable[[Atoms, dict], None], index: int = 1
            ) -> list[Atoms]:
@@ -133,7 +115,7 @@ def _huge_cell(atoms, results):
 def in_hartree_per_bohr(with_energies: bool) -> Callable[[Path, Env], list[str]]:
     """12 MD frames whose forces were written in Ha/Bohr (51.4 times too small in eV/Å)."""
     def make(tmp: Path, env: Env) -> list[str]:
-        frames = md_frames(12, "C2H6")
+        frames = md_frames(12, 1, "C2H6", every=1)
         for atoms in frames:
             results = {"forces": atoms.get_forces() / HARTREE_PER_BOHR}
             if with_energies:
@@ -229,7 +211,7 @@ def evaluate(model: str, test: Callable[[Path], str]) -> Callable[[Path, Env], l
 
 
 def alkane_file(tmp: Path) -> str:
-    write(str(tmp / "test.extxyz"), md_frames(3, "C3H8", seed=7))
+    write(str(tmp / "test.extxyz"), md_frames(3, 7, "C3H8", every=1))
     return str(tmp / "test.extxyz")
 
 

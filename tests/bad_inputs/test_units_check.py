@@ -13,6 +13,7 @@ from ase.md.verlet import VelocityVerlet
 from oamlm_dist.ingest import HARTREE_PER_BOHR, units_problem
 from oamlm_dist.sample import RetryingCalculator
 from oamlm_dist.structures import alkane
+from tests.conftest import record_md
 
 
 def xtb_md(temperature: float, n: int = 12) -> list:
@@ -22,15 +23,7 @@ def xtb_md(temperature: float, n: int = 12) -> list:
     Stationary(atoms)
     ZeroRotation(atoms)
     atoms.calc = RetryingCalculator("xtb", {})
-    dynamics = VelocityVerlet(atoms, timestep=1.5 * units.fs)
-    frames = []
-    for _ in range(n):
-        dynamics.run(1)
-        frame = atoms.copy()
-        frame.calc = SinglePointCalculator(frame, energy=atoms.get_potential_energy(),
-                                           forces=atoms.get_forces())
-        frames.append(frame)
-    return frames
+    return record_md(atoms, VelocityVerlet(atoms, timestep=1.5 * units.fs), n)
 
 
 def rewritten(frames: list, force_scale: float, energies: bool) -> list:
