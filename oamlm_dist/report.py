@@ -107,8 +107,8 @@ def models(store: Store) -> list[dict]:
                 classes.append({"class": cls, "references": None, "trained_rows": None})
                 continue
             cgroup = store.root[path]
-            refs = (version_in_force(cgroup)["ref_Q"].shape[0] if "version" in cgroup.attrs
-                    else None)
+            solved = version_in_force(cgroup)
+            refs = solved["ref_Q"].shape[0] if "ref_Q" in solved else None
             classes.append({"class": cls, "references": refs,
                             "trained_rows": cgroup.attrs.get("trained_rows")})
         out.append({"name": name, "descriptor_set": attrs.get("descriptor_set"),

@@ -83,8 +83,12 @@ def settings_key(settings: dict) -> str:
 
 def version_in_force(class_group: zarr.Group, attrs: dict | None = None) -> zarr.Group:
     """The ``v<n>/`` group of a class model that its attributes put in force (``attrs``: the
-    attributes already read, so that the version matches what else was taken from them)."""
-    return class_group[f"v{(attrs or class_group.attrs)['version']}"]
+    attributes already read, so that the version matches what else was taken from them).
+
+    A model solved before solves were versioned keeps its arrays in the class group itself.
+    """
+    version = (attrs or class_group.attrs).get("version")
+    return class_group if version is None else class_group[f"v{version}"]
 
 
 @dataclass(frozen=True)

@@ -155,7 +155,8 @@ def references_from_rows(rows: dict[str, np.ndarray], perms: np.ndarray, spec: D
     mask = permutation_mask(Z, perms, spec.max_permutations) if spec.scheme == "element" else None
     refs = References(Q=scaler.transform(X[picked].astype(np.float64)), S=rows["P"][picked],
                       SZ=Z, T=rows["Y"][picked], perms=np.asarray(perms, dtype=np.int64),
-                      perm_mask=mask)
+                      perm_mask=mask,
+                      match_elements=spec.scheme != "element" or spec.max_permutations is not None)
     return scaler, refs, picked
 
 

@@ -141,3 +141,41 @@ def test_evaluate_reports_every_class_and_beats_chance(trained, dask_client, tmp
     # Random directions give a weighted-average angle near 90°.
     assert report["classes"]["H"]["weighted_angle_deg"] < 45
     assert len(report["plots"]) == 2
+
+
+def _references_for(rows, scheme, max_permutations):
+    from oamlm_dist.describe import DescriptorSpec
+    from oamlm_dist.descriptors import SoapSettings
+    from oamlm_dist.environments import class_permutations
+    from oamlm_dist.training import references_from_rows
+
+    spec = DescriptorSpec(scheme, SoapSettings(species=("C", "H")), neighbours=4,
+                          max_permutations=max_permutations)
+    perms = class_permutations(scheme, "H", 4)
+    return references_from_rows(rows, perms, spec, FitSettings(references=1))[1]
+
+
+def test_element_scheme_aligns_point_sets_unless_permutations_are_capped():
+    """Seed 001 aligns bare neighbour positions over all M! permutations: a reference whose
+    neighbours are the query's points rotated, but with other element labels, is a perfect
+    match (g = 0, the rotation recovered); with capped element-respecting permutations the
+    two cannot be paired at all."""
+    from oamlm_dist.models.class_model import UNMATCHED_G, align_to_references
+
+    rng = np.random.default_rng(4)
+    query = rng.normal(size=(1, 4, 3))
+    rotation = Rotation.random(random_state=5).as_matrix()
+    reference = query @ rotation.T  # reference points = R · query points
+    rows = {"X": np.zeros((1, 3)), "P": reference, "Z": np.array([[6, 6, 1, 1]]),
+            "Y": np.array([[0.0, 0.0, 1.0]])}
+    query_Z = np.array([[6, 1, 1, 1]])
+
+    refs = _references_for(rows, "element", None)
+    R, g, matched = align_to_references("H", query, query_Z, refs)
+    assert matched.all() and g[0, 0] < 1e-9
+    # R maps the reference onto the query: the inverse of the rotation applied.
+    assert np.allclose(R[0, 0], rotation.T, atol=1e-9)
+
+    capped = _references_for(rows, "element", 24)
+    _, g, matched = align_to_references("H", query, query_Z, capped)
+    assert not matched.any() and g[0, 0] == UNMATCHED_G

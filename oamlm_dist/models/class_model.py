@@ -40,17 +40,25 @@ class References:
     T: np.ndarray  # (K, 3) unit forces
     perms: np.ndarray  # (n_perm, M) permutation table of the class
     perm_mask: np.ndarray | None = None  # (K, n_perm) allowed permutations per reference
+    # Pair only neighbours of the same element. Off for the element scheme's default of all
+    # M! permutations: seed 001 aligns the bare point sets, and a hydrogen whose four nearest
+    # atoms are C, H, H, H must still be comparable with one whose are C, C, H, H.
+    match_elements: bool = True
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        arrays = {"Q": self.Q, "S": self.S, "SZ": self.SZ, "T": self.T, "perms": self.perms}
+        arrays = {"Q": self.Q, "S": self.S, "SZ": self.SZ, "T": self.T, "perms": self.perms,
+                  "match_elements": np.array(self.match_elements)}
         if self.perm_mask is not None:
             arrays["perm_mask"] = self.perm_mask
         return arrays
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> References:
+        # Models stored before the flag existed matched elements.
+        match = bool(arrays["match_elements"]) if "match_elements" in arrays else True
         return cls(Q=arrays["Q"], S=arrays["S"], SZ=arrays["SZ"], T=arrays["T"],
-                   perms=arrays["perms"], perm_mask=arrays.get("perm_mask"))
+                   perms=arrays["perms"], perm_mask=arrays.get("perm_mask"),
+                   match_elements=match)
 
 
 def align_to_references(class_name: str, P: np.ndarray, Z: np.ndarray, refs: References
@@ -61,7 +69,8 @@ def align_to_references(class_name: str, P: np.ndarray, Z: np.ndarray, refs: Ref
         R, g, choice = align_core_au_block(P, Z, refs.S, refs.SZ)
         matched = choice[..., 0] != NO_MATCH
     else:
-        R, g, perm = align_block(P, Z, refs.S, refs.SZ, refs.perms,
+        query_Z, ref_Z = (Z, refs.SZ) if refs.match_elements else (None, None)
+        R, g, perm = align_block(P, query_Z, refs.S, ref_Z, refs.perms,
                                  metric=class_metric(class_name), perm_mask=refs.perm_mask)
         matched = perm != NO_MATCH
     g = np.where(matched, g, UNMATCHED_G)

@@ -110,6 +110,7 @@ class FinePoint:
 class HybridState:
     fine_calls: int = 0
     ml_calls: int = 0
+    fine_wall_s: float = 0.0  # summed wall time of the fine calculations on the workers
     rounds: list[dict] = field(default_factory=list)
     converged: bool = False
     stopped: str | None = None
@@ -193,6 +194,7 @@ class HybridOptimizer:
         point = FinePoint(x, float(result["energy"]), forces, fmax, self.pending_kind)
         agreement = self._agreement(point)
         self.state.fine_calls += 1
+        self.state.fine_wall_s += float(result.get("wall_s", 0.0))
         self.points.append(point)
         self._record_fine(point, result)
         self.state.rounds.append({"fine_call": self.state.fine_calls, "kind": point.kind,
@@ -362,6 +364,7 @@ class HybridOptimizer:
                 "energy": None if final is None else final.energy,
                 "fmax": None if final is None else final.fmax,
                 "wall_s": round(time.perf_counter() - self.started, 2),
+                "fine_wall_s": round(self.state.fine_wall_s, 2),
                 "trajectory": self.trajectory_path, "stopped": self.state.stopped}
 
     def final_atoms(self) -> Atoms:
