@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calc-param", action="append", metavar="KEY=VALUE",
                    help="calculator setting, e.g. method=GFN1-xTB (repeatable)")
     p.add_argument("--structures", required=True,
-                   help="e.g. rings:4-6,alkanes:2-7 or a structure file")
+                   help="e.g. rings:4-6,alkanes:2-7,au38 or a structure file")
     p.add_argument("--temperature", type=float, default=500.0, help="K")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--timestep", type=float, default=1.5, help="fs")
@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True,
                    help="loop name; state in active/NAME, ensemble in models/NAME-m<j>")
     p.add_argument("--structures", required=True,
-                   help="start structures: e.g. rings:4-6, alkanes:2-3 or a structure file")
+                   help="start structures: e.g. rings:4-6, alkanes:2-3, au38 or a structure file")
     p.add_argument("--calculator", choices=["xtb", "gpaw", "emt"], default="xtb")
     p.add_argument("--calc-param", action="append", metavar="KEY=VALUE")
     p.add_argument("--budget", type=int, required=True, help="fine calls in total")
