@@ -242,3 +242,43 @@ def test_learn_command_prints_iterations_and_a_json_summary(tmp_path, dask_clien
     assert out[1].startswith("iteration 0: additions") and "fine calls 3" in out[1]
     summary = json.loads(out[-1])
     assert summary["fine_calls"] == 3 and summary["stopped"] == "fine-call budget of 3 spent"
+
+
+def _ring_learner(tmp_path, client, **changes) -> ActiveLearner:
+    """A thiolate ring learner after its xTB cold start (one fine call, ~0.1 s)."""
+    structures = [("ring4", gold_thiolate_ring(4))]
+    learner = ActiveLearner(Store.create(tmp_path / "r.zarr"), "al", structures, "xtb",
+                            settings=_settings(**changes))
+    learner.cold_start(client)
+    return learner
+
+
+def test_rattled_copies_the_scheme_cannot_describe_are_dropped(tmp_path, dask_client):
+    from oamlm_dist.environments import describe_environments
+    from oamlm_dist.errors import SchemeError
+
+    learner = _ring_learner(tmp_path, dask_client, rattle=0.18, candidates=8, max_iterations=1,
+                            threshold=0.0)
+    learner.train()
+    undescribable = 0
+    for candidate in learner.sample():  # the same copies step() will draw
+        try:
+            describe_environments(candidate, "thiolate")
+        except SchemeError:
+            undescribable += 1
+    assert 0 < undescribable < 8  # 0.18 Å stretches some C-H past the 1.5 Å cut-off
+    entry = learner.step(dask_client)
+    assert entry["undescribed"] == undescribable
+    assert entry["candidates"] == 8 - undescribable and entry["checked"] == 2
+
+
+def test_md_that_leaves_the_model_at_once_keeps_the_start_as_candidate(tmp_path, dask_client):
+    # 100 fs steps at 5000 K tear the ring apart in the first MD block.
+    learner = _ring_learner(tmp_path, dask_client, sampler="md", md_timestep=100.0,
+                            md_temperature=5000.0, md_steps=3, candidates=3)
+    learner.train()
+    candidates = learner.sample()
+    assert len(candidates) == 1
+    assert np.array_equal(candidates[0].positions, learner.structures[0][1].positions)
+    entry = learner.step(dask_client)
+    assert entry["candidates"] == 1 and entry["max_uncertainty"] > 0

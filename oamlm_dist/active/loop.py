@@ -233,7 +233,21 @@ class ActiveLearner:
             # Past this point the ensemble is guessing: MD would only wander further off.
             if atoms.calc.results["uncertainty"].max() > s.md_max_uncertainty:
                 break
-        return snapshots
+        # MD that left the model's domain at once (e.g. a young model's huge forces) still
+        # yields the start structure, the point it is least sure how to leave.
+        return snapshots or [_plain(start)]
+
+    def _described(self, candidates: list[Atoms]) -> tuple[list[Atoms], list[dict]]:
+        """The candidates the ensemble can describe, with its predictions; a rattle that
+        stretched a bond past the atom-class cut-offs is dropped, not fatal."""
+        kept, predictions = [], []
+        for candidate in candidates:
+            try:
+                predictions.append(self.ensemble.predict(candidate))
+            except OamlmError:
+                continue
+            kept.append(candidate)
+        return kept, predictions
 
     # ---- selection ----------------------------------------------------------------------
     def select(self, candidates: list[Atoms], uncertainty: list[np.ndarray], n: int
@@ -321,24 +335,27 @@ class ActiveLearner:
         """Run one iteration and record it; its history entry."""
         s, st = self.settings, self.state
         self.train()
-        candidates = self.sample()
-        predictions = [self.ensemble.predict(c) for c in candidates]
+        sampled = self.sample()
+        candidates, predictions = self._described(sampled)
         uncertainty = [p["uncertainty"] for p in predictions]
-        max_u = float(max(u.max() for u in uncertainty)) if uncertainty else 0.0
+        # No candidate means nothing was measured: never a reason to stop as converged.
+        max_u = float(max(u.max() for u in uncertainty)) if uncertainty else None
         # Atoms of classes with too few training rows have a meaningless (zero) spread: they
         # are checked first, and the threshold and stall rules wait until they are covered.
         thin = [(0 <= p["support"]) & (p["support"] < MIN_SUPPORT) for p in predictions]
         covered = not any(t.any() for t in thin)
         entry = {"iteration": st["iteration"], "candidates": len(candidates),
+                 "undescribed": len(sampled) - len(candidates),
                  "max_uncertainty": max_u, "covered": covered, "checked": 0, "additions": 0,
                  "failed": 0, "max_error": None}
-        if covered:
+        if covered and max_u is not None:
             best = st["best_uncertainty"]
             if best is None or max_u < best:
                 st["best_uncertainty"], st["stalled"] = max_u, 0
             else:
                 st["stalled"] += 1
-        if not covered or (max_u >= s.threshold and st["stalled"] < s.patience_improvement):
+        if candidates and (not covered or (max_u >= s.threshold
+                                           and st["stalled"] < s.patience_improvement)):
             n = min(s.per_iteration, s.budget - st["fine_calls"])
             ranking = [u + np.where(t, 1e6, 0.0) for u, t in zip(uncertainty, thin, strict=True)]
             jobs = self.select(candidates, ranking, n)
@@ -358,6 +375,8 @@ class ActiveLearner:
             entry.update(checked=len(jobs), additions=len(added),
                          max_error=max(errors) if errors else None)
             st["no_additions"] = 0 if added else st["no_additions"] + 1
+        elif not candidates:
+            st["no_additions"] += 1
         st["iteration"] += 1
         entry["fine_calls"] = st["fine_calls"]
         st["history"] = st["history"] + [entry]
