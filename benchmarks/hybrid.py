@@ -35,11 +35,11 @@ from oamlm_dist.training import FitSettings, fit
 FMAX = 0.05
 
 
-class CountingXTB:
+class CountingCalculator:
     """Counts the fine calls an ASE optimiser makes (cached repeats are not calls)."""
 
-    def __init__(self):
-        self.calc = make_calculator("xtb")
+    def __init__(self, name: str = "xtb", params: dict | None = None):
+        self.calc = make_calculator(name, **(params or {}))
         self.calls = 0
         original = self.calc.calculate
 
@@ -58,14 +58,26 @@ def xtb_minimum(atoms):
     return atoms
 
 
-def run_peer(cls, start):
+def run_peer(cls, start, calculator: str = "xtb", params: dict | None = None, **options):
+    """ASE optimiser ``cls`` (with ``options``) on the fine calculator from ``start``."""
     atoms = start.copy()
-    counter = CountingXTB()
+    counter = CountingCalculator(calculator, params)
     atoms.calc = counter.calc
-    optimizer = cls(atoms, logfile=None)
+    optimizer = cls(atoms, logfile=None, **options)
+    started = time.perf_counter()
     converged = optimizer.run(fmax=FMAX, steps=400)
     return {"fine_calls": counter.calls, "energy": float(atoms.get_potential_energy()),
-            "converged": bool(converged)}
+            "converged": bool(converged), "wall_s": round(time.perf_counter() - started, 1)}
+
+
+def against_bfgs(bfgs: dict, hybrid: dict) -> dict:
+    """BFGS's and the hybrid's results on one system, with the fine-call ratio."""
+    return {"BFGS": bfgs,
+            "hybrid_pretrained": {k: hybrid[k] for k in ("fine_calls", "ml_calls", "energy",
+                                                          "converged", "wall_s", "fine_wall_s")},
+            "fine_call_ratio_vs_bfgs": round(bfgs["fine_calls"] / max(hybrid["fine_calls"], 1),
+                                             2),
+            "energy_minus_bfgs_meV": round(1000 * (hybrid["energy"] - bfgs["energy"]), 2)}
 
 
 def pretrain(out: Path, client, quick: bool) -> dict[str, tuple[str, str]]:
