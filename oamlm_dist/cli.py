@@ -301,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e.g. r_cut=4,n_max=7,l_max=4,sigma=0.25 (the defaults)")
     p.add_argument("--neighbours", type=int, default=4, help="M of the element scheme")
     p.add_argument("--max-permutations", type=int, default=None,
-                   help="element scheme: element-respecting permutations, at most this many")
+                   help="element scheme: pair only neighbours of equal element, with at most "
+                        "this many permutations (default: all M! on bare positions)")
     p.add_argument("--block-frames", type=int, default=100, help="frames per Dask task")
     _add_cluster_args(p)
     p.set_defaults(func=_cmd_describe)
