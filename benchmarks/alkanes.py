@@ -9,6 +9,9 @@ references are also the training rows (``train_rows="references"``, N = K as in 
 Variants: {regular, robust (Huber ε, 1.1 by default)} x {acceptance g_j - d_g,j <= 0 off, on},
 each evaluated with the analytic (eq. 17), exact and sqp (seed 001 eq. 3) losses on the same
 test frames (``--sqp-every`` evaluates sqp on a coarser subsample instead, labelled as such).
+Plus ``+sigma2`` variants (regular, with and without acceptance, analytic loss): σ2 per class
+chosen from SIGMA2_GRID on run 1 (every ``--validation-every``-th frame) by a model fitted on
+run 0 only, then the model fitted on runs 0 and 1 with it; run 2 is never used for the choice.
 
 Robust models are trained with ``--robust-references`` references (default 1000) next to
 regular models with the same K, so that the effect of robustness is compared at equal K. With
@@ -22,7 +25,7 @@ equal settings), the describe blocks already done and the models already trained
 Progress bars go to stderr; stdout gets human-readable lines, then one JSON object.
 
 Usage: ``python benchmarks/alkanes.py [--store PATH] [--workers 2] [--epsilons 1.1,1.0]
-[--robust-references 1000] [--sqp-every N]``
+[--robust-references 1000] [--sqp-every N] [--validation-every 20]``
 """
 
 from __future__ import annotations
@@ -38,12 +41,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 import ase.io
+import numpy as np
 from distributed import Client
 
 from oamlm_dist.cluster import local_cluster
-from oamlm_dist.describe import describe
+from oamlm_dist.describe import describe, describe_frames
 from oamlm_dist.evaluate import evaluate
 from oamlm_dist.forcefield import ForceModel
+from oamlm_dist.models.class_model import align_to_references
+from oamlm_dist.models.oamlm import predict_directions, weighted_angle_deg
 from oamlm_dist.sample import MDSettings, sample
 from oamlm_dist.store import Store, settings_key
 from oamlm_dist.training import FitSettings, fit
@@ -54,6 +60,9 @@ SOAP = "r_cut=3.0,n_max=6,l_max=1,sigma=0.25"
 NEIGHBOURS = 4
 TRAIN_FRAMES = "name:*run0,name:*run1"
 TEST_RUN = "run2"
+# sigma2 (Å) of the analytic loss, chosen per class on run 1 by a model fitted on run 0 only.
+TUNING_FIT_FRAMES, VALIDATION_RUN = "name:*run0", "run1"
+SIGMA2_GRID = (0.5, 0.2, 0.1, 0.07, 0.05, 0.035, 0.025)
 METHODS = ("analytic", "exact", "sqp")
 # Figures measured elsewhere on such xTB data (weighted-average angle, degrees) and the goals.
 REFERENCE = {"regular_analytic": {"C": 24.0, "H": 22.0},
@@ -67,20 +76,47 @@ def quiet(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-def write_test_file(store_path: Path, out: Path, every: int) -> dict:
-    """Every ``every``-th frame of the test runs (with forces) into one extxyz file."""
+def run_frames(store_path: Path, run: str, every: int) -> tuple[list, list[str]]:
+    """Every ``every``-th frame (with forces) of run ``run`` of every molecule."""
     store = Store.open(store_path)
     segments = sorted((s for s in store.segments("md")
-                       if str(s.attrs.get("name", "")).endswith(f"/{TEST_RUN}")),
+                       if str(s.attrs.get("name", "")).endswith(f"/{run}")),
                       key=lambda s: s.attrs["name"])
-    frames = []
-    for segment in segments:
-        frames += segment.read()[::every]
+    frames = [frame for segment in segments for frame in segment.read()[::every]]
+    return frames, [s.attrs["name"] for s in segments]
+
+
+def write_test_file(store_path: Path, out: Path, every: int) -> dict:
+    """Every ``every``-th frame of the test runs (with forces) into one extxyz file."""
+    frames, segments = run_frames(store_path, TEST_RUN, every)
     if out.exists():
         out.unlink()
     ase.io.write(out, frames, format="extxyz")
-    return {"path": str(out), "frames": len(frames), "every": every,
-            "segments": [s.attrs["name"] for s in segments]}
+    return {"path": str(out), "frames": len(frames), "every": every, "segments": segments}
+
+
+def sigma2_scores(model: ForceModel, frames: list, accept: bool,
+                  block: int = 256) -> dict[str, dict[float, float]]:
+    """Per class, the analytic loss's weighted angle on ``frames`` for each σ2 of SIGMA2_GRID
+    (σ2 only weighs the references: the alignments are computed once per row block)."""
+    rows = describe_frames(frames, model.spec)
+    scores = {}
+    for cls, fields in rows.items():
+        cm = model.classes[cls]
+        directions = {s2: [] for s2 in SIGMA2_GRID}
+        for start in range(0, len(fields["X"]), block):
+            part = slice(start, start + block)
+            X = cm.scaler.transform(fields["X"][part].astype(np.float64))
+            R, g, _ = align_to_references(cls, fields["P"][part], fields["Z"][part], cm.refs)
+            d_c, d_g = cm.oamlm.predict_outputs(X)
+            r = cm.oamlm.rotate_references(R)
+            for s2 in SIGMA2_GRID:
+                directions[s2].append(predict_directions(d_c, r, g, sigma2=s2,
+                                                         d_g=d_g if accept else None))
+        forces = fields["Y"] * fields["norm"][:, None]
+        scores[cls] = {s2: round(weighted_angle_deg(np.concatenate(v), forces), 2)
+                       for s2, v in directions.items()}
+    return scores
 
 
 def is_trained(store_path: Path, name: str) -> bool:
@@ -112,6 +148,8 @@ def main() -> None:
                         help="sqp test frames: every n-th frame of run 2 (default: as "
                              "--test-every)")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--validation-every", type=int, default=20,
+                        help="σ2 tuning: every n-th frame of run 1")
     args = parser.parse_args()
     store_path = Path(os.path.abspath(args.store))
     store_path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,28 +198,53 @@ def main() -> None:
                          if args.robust_references != args.references or eps is not None]
         models: dict[str, str] = {}
         timings["fit_s"] = {}
-        for k, eps, accept in variants:
-            label = f"K{k}/{variant_label(eps, accept)}"
-            fs = FitSettings(references=k, frames=TRAIN_FRAMES,
-                             train_rows="references", robust_epsilon=eps, method="analytic",
-                             accept=accept)
+
+        def fit_once(label: str, fs: FitSettings) -> str:
             name = f"alkanes-{label.split('/')[1]}-{settings_key(asdict(fs))}"
-            models[label] = name
             if is_trained(store_path, name):
                 timings["fit_s"][label] = None
                 print(f"fit {label}: model {name} already trained (cached)")
-                continue
+                return name
             t0 = time.perf_counter()
             summary = quiet(fit, store_path, name, client, fs)
             timings["fit_s"][label] = time.perf_counter() - t0
             print(f"fit {label}: {summary['classes']}, {timings['fit_s'][label]:.1f} s")
+            return name
 
-        # 5. Evaluate every model with every loss.
+        for k, eps, accept in variants:
+            label = f"K{k}/{variant_label(eps, accept)}"
+            models[label] = fit_once(label, FitSettings(
+                references=k, frames=TRAIN_FRAMES, train_rows="references",
+                robust_epsilon=eps, method="analytic", accept=accept))
+
+        # 5. σ2 of the analytic loss per class, chosen on run 1 (every --validation-every-th
+        #    frame) by a model fitted on run 0 only; then fitted on runs 0 and 1 with it.
+        t0 = time.perf_counter()
+        validation, _ = run_frames(store_path, VALIDATION_RUN, args.validation_every)
+        tuning: dict[str, dict] = {}
+        for accept in (False, True):
+            variant = variant_label(None, accept)
+            tuner = fit_once(f"K{args.references}/{variant}-run0", FitSettings(
+                references=args.references, frames=TUNING_FIT_FRAMES,
+                train_rows="references", accept=accept))
+            scores = sigma2_scores(ForceModel.load(store_path, tuner), validation, accept)
+            sigma2 = {cls: min(by_s2, key=by_s2.get) for cls, by_s2 in scores.items()}
+            tuning[variant] = {"sigma2": sigma2, "validation_deg": scores}
+            print(f"sigma2 for {variant} on {VALIDATION_RUN}: {sigma2} (weighted angles "
+                  f"{scores})")
+            label = f"K{args.references}/{variant}+sigma2"
+            models[label] = fit_once(label, FitSettings(
+                references=args.references, frames=TRAIN_FRAMES, train_rows="references",
+                method="analytic", accept=accept, sigma2=sigma2))
+        timings["sigma2_tuning_s"] = time.perf_counter() - t0
+
+        # 6. Evaluate every model with every loss (σ2-tuned ones: the analytic loss they
+        #    were tuned for).
         results: dict[str, dict] = {}
         timings["evaluate_s"] = {}
         for label, name in models.items():
             results[label] = {}
-            for method in methods:
+            for method in (("analytic",) if label.endswith("+sigma2") else methods):
                 test_file = sqp_test if method == "sqp" else test
                 t0 = time.perf_counter()
                 report = quiet(evaluate, store_path, name, [test_file["path"]], client,
@@ -235,7 +298,12 @@ def main() -> None:
                      "sqp_test": f"{TEST_RUN}, every {sqp_every}th frame",
                      "soap": SOAP, "scheme": "element", "neighbours": NEIGHBOURS,
                      "references": args.references, "train_rows": "references",
-                     "epsilons": epsilons, "robust_references": args.robust_references},
+                     "epsilons": epsilons, "robust_references": args.robust_references,
+                     "sigma2_tuning": {"fit": TUNING_FIT_FRAMES,
+                                       "validation": f"{VALIDATION_RUN}, every "
+                                                     f"{args.validation_every}th frame",
+                                       "grid": SIGMA2_GRID}},
+        "sigma2_tuning": tuning,
         "weighted_angle_deg": {label: {method: {cls: r["weighted_angle_deg"]
                                                  for cls, r in by_method[method].items()}
                                         for method in by_method}
