@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
 from ase.optimize import BFGS, FIRE, LBFGS, GPMin
 
 from oamlm_dist.calculators import make_calculator
@@ -35,19 +36,23 @@ from oamlm_dist.training import FitSettings, fit
 FMAX = 0.05
 
 
-class CountingCalculator:
-    """Counts the fine calls an ASE optimiser makes (cached repeats are not calls)."""
+class CountingCalculator(Calculator):
+    """A fine calculator that counts its calls (ASE's cache: repeats at one geometry are not
+    calls). A wrapper, so it counts whatever path the wrapped calculator computes by."""
+
+    implemented_properties = ["energy", "forces"]
 
     def __init__(self, name: str = "xtb", params: dict | None = None):
-        self.calc = make_calculator(name, **(params or {}))
+        super().__init__()
+        self.fine = make_calculator(name, **(params or {}))
         self.calls = 0
-        original = self.calc.calculate
 
-        def counted(*args, **kwargs):
-            self.calls += 1
-            return original(*args, **kwargs)
-
-        self.calc.calculate = counted
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.calls += 1
+        fine = self.atoms.copy()
+        self.results = {"energy": self.fine.get_potential_energy(fine),
+                        "forces": self.fine.get_forces(fine)}
 
 
 def xtb_minimum(atoms):
@@ -62,7 +67,7 @@ def run_peer(cls, start, calculator: str = "xtb", params: dict | None = None, **
     """ASE optimiser ``cls`` (with ``options``) on the fine calculator from ``start``."""
     atoms = start.copy()
     counter = CountingCalculator(calculator, params)
-    atoms.calc = counter.calc
+    atoms.calc = counter
     optimizer = cls(atoms, logfile=None, **options)
     started = time.perf_counter()
     converged = optimizer.run(fmax=FMAX, steps=400)
