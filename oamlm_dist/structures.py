@@ -109,16 +109,10 @@ def gold_thiolate_ring(n: int) -> Atoms:
     positions = [au_pos]
     for i in range(n):
         s = s_pos[i]
-        a1 = _unit(au_pos[i] - s)
-        a2 = _unit(au_pos[i - 1] - s)
-        bis = _unit(a1 + a2)
-        # normal to the Au-S-Au plane, oriented to the side S is lifted to
-        normal = _unit(np.cross(a1, a2))
-        if np.dot(normal, [0.0, 0.0, np.sign(lift[i])]) < 0:
-            normal = -normal
-        # C equidistant in angle from both Au, with Au-S-C tetrahedral
-        cos_beta = np.cos(TETRAHEDRAL) / np.dot(a1, bis)
-        c_dir = cos_beta * bis + np.sqrt(1.0 - cos_beta**2) * normal
+        # C equidistant in angle from both Au, with Au-S-C tetrahedral, on the side of the
+        # Au-S-Au plane that S is lifted to
+        c_dir = max(_methyl_directions(s, au_pos[i], au_pos[i - 1]),
+                    key=lambda direction: direction[2] * np.sign(lift[i]))
         c = s + S_C * c_dir
         # one H toward the ring axis keeps same-side neighbours (odd n) >= 2.5 Å apart
         inward = -np.array([s[0], s[1], 0.0])
@@ -294,15 +288,15 @@ def _dimeric_staple(
     return chain(minimize(penalty, x0, method="BFGS").x)
 
 
-def _methyl_carbons(s: np.ndarray, au_a: np.ndarray, au_b: np.ndarray) -> np.ndarray:
-    """Both positions (2, 3) of the C on an S bound to two Au with equal, tetrahedral
-    Au-S-C angles (one on each side of the Au-S-Au plane)."""
+def _methyl_directions(s: np.ndarray, au_a: np.ndarray, au_b: np.ndarray) -> np.ndarray:
+    """Both unit directions (2, 3) from an S bound to two Au to its C, with equal,
+    tetrahedral Au-S-C angles (one on each side of the Au-S-Au plane)."""
     a1, a2 = _unit(au_a - s), _unit(au_b - s)
     bis = _unit(a1 + a2)
     normal = _unit(np.cross(a1, a2))
     cos_beta = np.cos(TETRAHEDRAL) / np.dot(a1, bis)
     side = np.sqrt(1.0 - cos_beta**2) * normal
-    return s + S_C * np.array([cos_beta * bis + side, cos_beta * bis - side])
+    return np.array([cos_beta * bis + side, cos_beta * bis - side])
 
 
 def _methyl_rotation(
@@ -398,7 +392,7 @@ def build_gold38_thiolate() -> Atoms:
     sulfur_all = np.array([t[0] @ r.T for t in asym for r in ops])
     # each C on the side of its S that keeps all C (and their images) farthest from the
     # other C and from the Au and S they are not bound to
-    options = [_methyl_carbons(*t) for t in asym]
+    options = [t[0] + S_C * _methyl_directions(*t) for t in asym]
     best = -np.inf
     for sides in product((0, 1), repeat=len(asym)):
         trial = [opt[k] for opt, k in zip(options, sides, strict=True)]
