@@ -48,7 +48,6 @@ from oamlm_dist.cluster import local_cluster
 from oamlm_dist.describe import describe, describe_frames
 from oamlm_dist.evaluate import evaluate
 from oamlm_dist.forcefield import ForceModel
-from oamlm_dist.models.class_model import align_to_references
 from oamlm_dist.models.oamlm import predict_directions, weighted_angle_deg
 from oamlm_dist.sample import MDSettings, sample
 from oamlm_dist.store import Store, settings_key
@@ -95,24 +94,17 @@ def write_test_file(store_path: Path, out: Path, every: int) -> dict:
     return {"path": str(out), "frames": len(frames), "every": every, "segments": segments}
 
 
-def sigma2_scores(model: ForceModel, frames: list, accept: bool,
-                  block: int = 256) -> dict[str, dict[float, float]]:
+def sigma2_scores(model: ForceModel, frames: list, accept: bool) -> dict[str, dict[float, float]]:
     """Per class, the analytic loss's weighted angle on ``frames`` for each σ2 of SIGMA2_GRID
-    (σ2 only weighs the references: the alignments are computed once per row block)."""
+    (σ2 only weighs the references: each row block is aligned once)."""
     rows = describe_frames(frames, model.spec)
     scores = {}
     for cls, fields in rows.items():
-        cm = model.classes[cls]
         directions = {s2: [] for s2 in SIGMA2_GRID}
-        for start in range(0, len(fields["X"]), block):
-            part = slice(start, start + block)
-            X = cm.scaler.transform(fields["X"][part].astype(np.float64))
-            R, g, _ = align_to_references(cls, fields["P"][part], fields["Z"][part], cm.refs)
-            d_c, d_g = cm.oamlm.predict_outputs(X)
-            r = cm.oamlm.rotate_references(R)
+        for b in model.classes[cls].aligned_blocks(fields["X"], fields["P"], fields["Z"]):
             for s2 in SIGMA2_GRID:
-                directions[s2].append(predict_directions(d_c, r, g, sigma2=s2,
-                                                         d_g=d_g if accept else None))
+                directions[s2].append(predict_directions(b.d_c, b.r, b.g, sigma2=s2,
+                                                         d_g=b.d_g if accept else None))
         forces = fields["Y"] * fields["norm"][:, None]
         scores[cls] = {s2: round(weighted_angle_deg(np.concatenate(v), forces), 2)
                        for s2, v in directions.items()}

@@ -7,6 +7,7 @@ arrays and attributes of one Zarr group ``models/<name>/<class>/``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,19 @@ def cosine_targets(Y: np.ndarray, R: np.ndarray, T: np.ndarray, matched: np.ndar
 
 
 @dataclass
+class AlignedBlock:
+    """Rows ``rows`` of a prediction, aligned against the K references."""
+
+    rows: slice
+    X: np.ndarray  # (n, d) scaled descriptors
+    D_in: np.ndarray  # (n, K) input distances
+    d_c: np.ndarray  # (n, K) predicted cosines
+    d_g: np.ndarray | None  # (n, K) predicted goodness (None without B_g)
+    r: np.ndarray  # (n, K, 3) reference unit forces rotated into each query's frame
+    g: np.ndarray  # (n, K) alignment goodness
+
+
+@dataclass
 class ClassModel:
     """A trained model of one class. ``predict`` maps raw rows to forces."""
 
@@ -106,27 +120,34 @@ class ClassModel:
         """
         out = {k: [] for k in ("norm", "direction", "spread", "min_g")}
         method = method or self.oamlm.method
-        for start in range(0, len(X), block):
-            sl = slice(start, start + block)
-            Xs = self.scaler.transform(np.asarray(X[sl], dtype=np.float64))
-            R, g, _ = align_to_references(self.name, P[sl], Z[sl], self.refs)
-            # One D_in for both models: they share the references.
-            D_in = input_distances(Xs, self.refs.Q, fast=True)
-            d_c, d_g = self.oamlm.predict_outputs(Xs, distances=D_in)
-            r = self.oamlm.rotate_references(R)
-            v0 = _towards_nearest(P[sl]) if method == "sqp" else None
+        for b in self.aligned_blocks(X, P, Z, block):
+            v0 = _towards_nearest(P[b.rows]) if method == "sqp" else None
             direction = predict_directions(
-                d_c, r, g, method=method, sigma1=self.oamlm.sigma1, sigma2=self.oamlm.sigma2,
-                d_g=d_g if self.oamlm.accept else None, v0=v0)
-            out["norm"].append(np.maximum(self.emlm.predict(Xs, distances=D_in), 0.0))
+                b.d_c, b.r, b.g, method=method, sigma1=self.oamlm.sigma1,
+                sigma2=self.oamlm.sigma2, d_g=b.d_g if self.oamlm.accept else None, v0=v0)
+            out["norm"].append(np.maximum(self.emlm.predict(b.X, distances=b.D_in), 0.0))
             out["direction"].append(direction)
-            out["spread"].append(_vote_spread(d_c, r, g, self.oamlm.sigma2))
-            out["min_g"].append(g.min(axis=1))
+            out["spread"].append(_vote_spread(b.d_c, b.r, b.g, self.oamlm.sigma2))
+            out["min_g"].append(b.g.min(axis=1))
         result = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
         if not len(X):
             result["direction"] = np.zeros((0, 3))
         result["forces"] = result["norm"][:, None] * result["direction"]
         return result
+
+    def aligned_blocks(self, X: np.ndarray, P: np.ndarray, Z: np.ndarray, block: int = 256
+                       ) -> Iterator[AlignedBlock]:
+        """What a direction prediction is made from, per block of ``block`` raw rows: the
+        loss settings (method, σ1, σ2, acceptance) can be varied on these without aligning
+        again."""
+        for start in range(0, len(X), block):
+            rows = slice(start, start + block)
+            Xs = self.scaler.transform(np.asarray(X[rows], dtype=np.float64))
+            R, g, _ = align_to_references(self.name, P[rows], Z[rows], self.refs)
+            # One D_in for both models: they share the references.
+            D_in = input_distances(Xs, self.refs.Q, fast=True)
+            d_c, d_g = self.oamlm.predict_outputs(Xs, distances=D_in)
+            yield AlignedBlock(rows, Xs, D_in, d_c, d_g, self.oamlm.rotate_references(R), g)
 
     # ---- storage ----------------------------------------------------------------------------
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
