@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -53,7 +52,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from machine import cpu_model
+from machine import machine_facts
 from scipy.stats import spearmanr
 
 from oamlm_dist.active.chunks import central_rows, cut_chunk
@@ -420,8 +419,7 @@ def main() -> dict:
                             "md": "Langevin 500 K, 1 fs, every 10th step"},
                "uncertainty": uncertainty, "efficiency": efficiency, "chunks": chunks,
                "timings_s": {k: round(v, 1) for k, v in timings.items()},
-               "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(),
-                           "load_avg_1min_end": os.getloadavg()[0]}}
+               "machine": machine_facts()}
     print(json.dumps(summary))
     return summary
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 from ase.constraints import FixAtoms
 from ase.optimize import BFGS
 from hybrid import FMAX, against_bfgs, run_peer
-from machine import cpu_model
+from machine import machine_facts
 
 from oamlm_dist.cluster import get_client
 from oamlm_dist.describe import describe
@@ -87,7 +86,7 @@ def main() -> dict:
         "md_steps": args.md_steps, "references": args.references,
         **against_bfgs(bfgs, hybrid),
         "wall_s": round(time.perf_counter() - started, 1),
-        "cpus": os.cpu_count(), "cpu_model": cpu_model()}
+        "machine": machine_facts()}
     print(json.dumps(summary))
     return summary
 

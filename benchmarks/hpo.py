@@ -67,7 +67,7 @@ from pathlib import Path
 
 import numpy as np
 from distributed import Client
-from machine import cpu_model
+from machine import machine_facts
 
 from oamlm_dist.cluster import local_cluster
 from oamlm_dist.hpo import ForceObjective, SearchSpace, Split, evaluate_batch, hpo_report, run_hpo
@@ -460,9 +460,7 @@ def main() -> None:
         "goals": goals,
         "plot": str(plot_path),
         "timings_s": timings,
-        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "load_avg_1min_end": os.getloadavg()[0]},
+        "machine": {**machine_facts(), "python": platform.python_version()},
     }))
 
 

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 from ase.optimize import BFGS
 from hybrid import FMAX, against_bfgs, pretrain, run_peer, xtb_minimum
-from machine import cpu_model
+from machine import machine_facts
 
 from oamlm_dist.calculators import ensure_cell
 from oamlm_dist.cluster import get_client
@@ -56,7 +55,7 @@ def main() -> dict:
         "gpaw": {"mode": "lcao", "xc": "PBE", **params}, "fmax": FMAX,
         **against_bfgs(bfgs, hybrid),
         "wall_s": round(time.perf_counter() - started, 1),
-        "cpus": os.cpu_count(), "cpu_model": cpu_model()}
+        "machine": machine_facts()}
     print(json.dumps(summary))
     return summary
 

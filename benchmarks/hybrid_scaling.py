@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 from hybrid import FMAX, pretrain, xtb_minimum
-from machine import cpu_model
+from machine import machine_facts
 
 from oamlm_dist.cluster import get_client
 from oamlm_dist.optimize.hybrid import HybridOptimizer, HybridSettings, optimize_many
@@ -81,7 +80,7 @@ def main() -> dict:
         row["efficiency"] = round(base / (row["wall_s"] * row["workers"]), 2)
     summary = {"benchmark": "hybrid_scaling", "calculator": args.calculator, "params": params,
                "structures": len(structures), "fmax": FMAX, "runs": rows,
-               "cpus": os.cpu_count(), "cpu_model": cpu_model()}
+               "machine": machine_facts()}
     print(json.dumps(summary))
     return summary
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 
 
@@ -15,3 +16,9 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def machine_facts() -> dict:
+    """What a benchmark's JSON line reports about the machine: CPU, core count and the load
+    at the end (the machine may be shared while timings are taken)."""
+    return {"cpu": cpu_model(), "cpus": os.cpu_count(), "load_avg_1min_end": os.getloadavg()[0]}
