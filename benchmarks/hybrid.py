@@ -75,14 +75,19 @@ def run_peer(cls, start, calculator: str = "xtb", params: dict | None = None, **
             "converged": bool(converged), "wall_s": round(time.perf_counter() - started, 1)}
 
 
+def versus_bfgs(bfgs: dict, result: dict) -> dict:
+    """An optimiser's fine-call ratio to BFGS and its final energy minus BFGS's (meV)."""
+    return {"fine_call_ratio_vs_bfgs": round(bfgs["fine_calls"] / max(result["fine_calls"], 1),
+                                             2),
+            "energy_minus_bfgs_meV": round(1000 * (result["energy"] - bfgs["energy"]), 2)}
+
+
 def against_bfgs(bfgs: dict, hybrid: dict) -> dict:
     """BFGS's and the hybrid's results on one system, with the fine-call ratio."""
     return {"BFGS": bfgs,
             "hybrid_pretrained": {k: hybrid[k] for k in ("fine_calls", "ml_calls", "energy",
                                                           "converged", "wall_s", "fine_wall_s")},
-            "fine_call_ratio_vs_bfgs": round(bfgs["fine_calls"] / max(hybrid["fine_calls"], 1),
-                                             2),
-            "energy_minus_bfgs_meV": round(1000 * (hybrid["energy"] - bfgs["energy"]), 2)}
+            **versus_bfgs(bfgs, hybrid)}
 
 
 def pretrain(out: Path, client, quick: bool) -> dict[str, tuple[str, str]]:
@@ -137,10 +142,7 @@ def main() -> dict:
                               "wall_s": result["wall_s"]}
             bfgs = row["BFGS"]
             for entry in row.values():
-                entry["fine_call_ratio_vs_bfgs"] = round(bfgs["fine_calls"] /
-                                                         max(entry["fine_calls"], 1), 2)
-                entry["energy_minus_bfgs_meV"] = round(1000 * (entry["energy"] -
-                                                               bfgs["energy"]), 2)
+                entry.update(versus_bfgs(bfgs, entry))
             results[name] = row
             print(name, json.dumps({k: (v["fine_calls"], v["energy_minus_bfgs_meV"])
                                     for k, v in row.items()}), flush=True)

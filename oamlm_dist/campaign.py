@@ -99,6 +99,8 @@ class OptimizeStage:
     fine_timeout_s: float | None = None
     speculate: bool = True
     use_model: bool = True
+    ensemble: str | None = None  # bootstrap ensemble of the store (from learn)
+    max_uncertainty: float = 0.2  # eV/Å, ends an ML round with an ensemble
     out: str = "relax"
 
 
@@ -287,8 +289,9 @@ def run_campaign(campaign: Campaign, client, log=print) -> dict:
                                       spec.calc_params,
                                       HybridSettings(fmax=spec.fmax, max_fine=spec.max_fine,
                                                      fine_timeout_s=spec.fine_timeout_s,
-                                                     speculate=spec.speculate),
-                                      model=model, out_dir=spec.out)
+                                                     speculate=spec.speculate,
+                                                     max_uncertainty=spec.max_uncertainty),
+                                      model=model, out_dir=spec.out, ensemble=spec.ensemble)
         Store.open(campaign.store, mode="a").mark_done(_stage_key(campaign), stage)
     return results
 

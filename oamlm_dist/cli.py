@@ -102,11 +102,12 @@ def _cmd_optimize(args: argparse.Namespace) -> None:
     from oamlm_dist.optimize.run import optimize
 
     settings = HybridSettings(fmax=args.fmax, max_fine=args.max_fine, ml_maxstep=args.maxstep,
-                              fine_timeout_s=args.fine_timeout, speculate=args.speculate)
+                              fine_timeout_s=args.fine_timeout, speculate=args.speculate,
+                              max_uncertainty=args.max_uncertainty)
     with get_client(args.scheduler, n_workers=args.workers) as client:
         results = optimize(args.structures, args.store, client, args.calculator,
                            _parse_params(args.calc_param), settings, model=args.model,
-                           scheme=args.scheme, out_dir=args.out)
+                           scheme=args.scheme, out_dir=args.out, ensemble=args.ensemble)
     keys = ("converged", "fine_calls", "ml_calls", "energy", "fmax", "wall_s", "trajectory")
     lines = [{k: r[k] for k in ("name", *keys)} | {"stopped": r["stopped"]} for r in results]
     if args.json:
@@ -359,6 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a fine calculation running longer counts as failed (default: none)")
     p.add_argument("--scheme", choices=["thiolate", "element"], default=None,
                    help="cold start: atom-class scheme (default from the elements)")
+    p.add_argument("--ensemble", default=None, metavar="NAME",
+                   help="bootstrap ensemble of the store (from learn): an ML round ends where "
+                        "its uncertainty exceeds --max-uncertainty")
+    p.add_argument("--max-uncertainty", type=float, default=0.2, metavar="EV_PER_A",
+                   help="uncertainty limit of an ML round with --ensemble (default 0.2)")
     p.add_argument("--out", default=".", help="directory for trajectories and final frames")
     p.add_argument("--json", default=None, help="write all results here")
     _add_cluster_args(p)

@@ -243,6 +243,18 @@ def test_learn_command_prints_iterations_and_a_json_summary(tmp_path, dask_clien
     summary = json.loads(out[-1])
     assert summary["fine_calls"] == 3 and summary["stopped"] == "fine-call budget of 3 spent"
 
+    # The ensemble the loop saved gates the ML rounds of a hybrid optimisation.
+    write(tmp_path / "start.extxyz", au13(0.1, 4, forces=False))
+    code = main(["optimize", str(tmp_path / "start.extxyz"), "--store", str(tmp_path / "s.zarr"),
+                 "--calculator", "emt", "--scheme", "element", "--ensemble", "al",
+                 "--max-uncertainty", "0.5", "--out", str(tmp_path / "relax"), "--json",
+                 str(tmp_path / "relax.json"), "--scheduler", dask_client.scheduler.address])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["converged"]
+    rounds = json.loads((tmp_path / "relax.json").read_text())[0]["rounds"]
+    gated = [r for r in rounds if "halted" in r]
+    assert gated and all(r["halted"] == (r["uncertainty"] > 0.5) for r in gated)
+
 
 def _ring_learner(tmp_path, client, **changes) -> ActiveLearner:
     """A thiolate ring learner after its xTB cold start (one fine call, ~0.1 s)."""

@@ -18,6 +18,7 @@ from oamlm_dist.optimize.hybrid import FineBFGS, HybridOptimizer, HybridSettings
 from oamlm_dist.optimize.hybrid import fine_single_point as real_single_point
 from oamlm_dist.optimize.mlbfgs import ml_bfgs
 from oamlm_dist.optimize.online import OnlineModel
+from oamlm_dist.optimize.uncertainty import UncertaintyGate
 from oamlm_dist.store import Store
 from oamlm_dist.structures import rattle
 
@@ -169,6 +170,20 @@ def test_ml_bfgs_alternates_groups_and_respects_the_trust_radius():
     assert np.linalg.norm(atoms.positions - start, axis=1).max() <= 0.1 + 1e-9
 
 
+def test_ml_bfgs_halts_at_the_first_step_the_test_rejects():
+    atoms = start_structure()
+    atoms.calc = EMT()
+    seen = []
+
+    def halt(probe):
+        seen.append(probe.get_positions().copy())
+        return len(seen) == 3
+
+    result = ml_bfgs(atoms, fmax=1e-4, steps=50, maxstep=0.05, halt=halt)
+    assert result["halted"] and result["steps"] == 3 and len(seen) == 3
+    np.testing.assert_array_equal(atoms.positions, seen[-1])
+
+
 def test_fine_bfgs_takes_the_steps_of_ase_bfgs():
     atoms = start_structure()
     atoms.calc = EMT()
@@ -227,3 +242,89 @@ def test_speculation_relaxes_while_the_fine_calculation_runs(dask_client):
     assert all(r["ml_steps"] <= 1 for r in ahead), speculating.state.rounds
     after = [r["ml_steps"] for r in waiting.state.rounds[1:] if "ml_steps" in r]
     assert after and max(after) > 1, waiting.state.rounds
+
+
+class ScaledEMTEnsemble:
+    """An analytic 'ensemble': member j predicts (1 + a_j) x EMT forces. The spread of its
+    force changes from a reference x0 is then 2.58 * std(a) * |F_EMT(x) - F_EMT(x0)| per
+    atom (std with M - 1), which the gate must reproduce."""
+
+    scales = np.array([0.0, 0.2, -0.1, 0.3])
+
+    def predict(self, atoms):
+        probe = atoms.copy()
+        probe.calc = EMT()
+        forces = probe.get_forces()
+        return {"member_forces": (1 + self.scales)[:, None, None] * forces[None]}
+
+
+def emt_forces(atoms, positions):
+    probe = atoms.copy()
+    probe.positions = positions
+    probe.calc = EMT()
+    return probe.get_forces()
+
+
+def test_uncertainty_gate_measures_the_spread_of_force_changes():
+    atoms = start_structure()
+    reference = atoms.get_positions()
+    free = np.ones(len(atoms), dtype=bool)
+    gate = UncertaintyGate(ScaledEMTEnsemble(), atoms, reference, free, limit=0.05)
+    assert not gate(atoms) and gate.largest == 0.0  # no uncertainty at the fine point itself
+    moved = rattle(atoms, 0.05, seed=5)
+    change = np.linalg.norm(emt_forces(atoms, moved.positions) - emt_forces(atoms, reference),
+                            axis=1)
+    expected = 2.58 * np.std(ScaledEMTEnsemble.scales, ddof=1) * change
+    np.testing.assert_allclose(gate.uncertainty(moved), expected, rtol=1e-10)
+    assert gate(moved) == (expected.max() > 0.05)
+
+
+def test_ensemble_uncertainty_decides_when_the_fine_calculator_is_called(dask_client,
+                                                                          bfgs_reference):
+    """ML rounds on the shifted-EMT model end at the trust radius or the ML minimum; with a
+    gate they end where the analytic ensemble's uncertainty first passes the limit, so a
+    tight limit calls the fine calculator after shorter rounds, and more often. Both reach
+    BFGS's minimum."""
+    start = start_structure()
+    limit = 0.05
+    runs = {}
+    for label, ensemble in (("plain", None), ("gated", ScaledEMTEnsemble())):
+        optimizer = HybridOptimizer(start, ShiftedEMTModel(len(start)), "emt", name=label,
+                                    settings=HybridSettings(speculate=False,
+                                                            max_uncertainty=limit),
+                                    ensemble=ensemble)
+        runs[label] = (optimizer, optimize_many([optimizer], dask_client)[0])
+    for _, result in runs.values():
+        assert result["converged"] and abs(result["energy"] - bfgs_reference[1]) < 1e-3
+    gated, plain = runs["gated"][0].state.rounds, runs["plain"][0].state.rounds
+    halted = [r for r in gated if r.get("halted")]
+    assert halted and all(r["uncertainty"] > limit for r in halted)
+    # A round that did not halt stayed below the limit all the way.
+    assert all(r["uncertainty"] <= limit for r in gated if r.get("halted") is False)
+    assert not any("halted" in r for r in plain)
+    assert runs["gated"][1]["fine_calls"] > runs["plain"][1]["fine_calls"]
+
+
+def test_a_trained_bootstrap_ensemble_gates_the_rounds(dask_client, bfgs_reference):
+    """The real ensemble (bootstrap members on EMT frames of rattled Au13) drives the gate."""
+    from oamlm_dist.active.ensemble import ForceEnsemble
+    from oamlm_dist.describe import describe_frames
+    from oamlm_dist.training import FitSettings
+
+    frames = []
+    for seed in range(6):
+        frame = rattle(start_structure(), 0.05, seed=20 + seed)
+        frame.calc = EMT()
+        frame.get_forces()
+        frames.append(frame)
+    model = cold_model()
+    ensemble = ForceEnsemble.train(describe_frames(frames, model.spec), model.spec,
+                                   FitSettings(references=30), members=3)
+    optimizer = HybridOptimizer(start_structure(), model, "emt", name="bootstrap",
+                                settings=HybridSettings(max_uncertainty=0.1),
+                                ensemble=ensemble)
+    result = optimize_many([optimizer], dask_client)[0]
+    # The flat Au13 landscape: minima of different paths lie within about 2 meV.
+    assert result["converged"] and abs(result["energy"] - bfgs_reference[1]) < 2e-3
+    gated = [r for r in optimizer.state.rounds if "halted" in r]
+    assert gated and all(r["uncertainty"] is not None for r in gated)

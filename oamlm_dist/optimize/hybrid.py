@@ -13,6 +13,10 @@ learns from it, and the next geometry is chosen:
   (from the best point so far if the energy rose), with a Hessian updated by every fine
   result. In the worst case this is plain fine BFGS plus the rejected rounds.
 
+With a bootstrap ensemble (``ensemble=``), an ML round also ends where the ensemble's
+uncertainty of the surrogate exceeds ``max_uncertainty`` (:mod:`.uncertainty`): the
+uncertainty, not only the trust radius, decides when the next fine calculation is due.
+
 :class:`HybridOptimizer` is a state machine (``start`` → ``tell`` → ...), so one client can
 keep the fine futures of many structures in flight (:func:`optimize_many`).
 """
@@ -27,6 +31,7 @@ from ase import Atoms
 from ase.calculators.calculator import all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from oamlm_dist.active.ensemble import ForceEnsemble
 from oamlm_dist.calculators import ensure_cell, fine_single_point
 from oamlm_dist.cluster import FINE_RESOURCE
 from oamlm_dist.errors import FineCalculationError, OamlmError
@@ -34,6 +39,7 @@ from oamlm_dist.forcefield import ForceField
 from oamlm_dist.models.oamlm import weighted_angle_deg
 from oamlm_dist.optimize.mlbfgs import free_atoms, ml_bfgs
 from oamlm_dist.optimize.online import OnlineModel
+from oamlm_dist.optimize.uncertainty import UncertaintyGate
 from oamlm_dist.store import FrameBatch, Store, now_iso
 
 
@@ -57,6 +63,8 @@ class HybridSettings:
     speculate: bool = True
     # s; a fine calculation running longer is cancelled and counts as failed (None: no limit)
     fine_timeout_s: float | None = None
+    # eV/Å; with an ensemble, an ML round halts where δ of the force changes exceeds this
+    max_uncertainty: float = 0.2
 
 
 class CorrectedForceField(ForceField):
@@ -137,13 +145,14 @@ class HybridOptimizer:
     def __init__(self, atoms: Atoms, model: OnlineModel, calculator: str = "xtb",
                  params: dict | None = None, settings: HybridSettings | None = None,
                  name: str = "structure", store: Store | None = None,
-                 trajectory: str | None = None):
+                 trajectory: str | None = None, ensemble: ForceEnsemble | None = None):
         # A molecule gets its GPAW box once: a box re-centred at every step would move the
         # real-space grid under the atoms and add egg-box noise to the forces.
         self.atoms = (ensure_cell(atoms, (params or {}).get("vacuum", 4.0))
                       if calculator == "gpaw" else atoms.copy())
         self.atoms.calc = None
         self.model = model
+        self.ensemble = ensemble
         self.calculator = calculator
         self.params = params or {}
         self.settings = settings or HybridSettings()
@@ -159,6 +168,7 @@ class HybridOptimizer:
         # ML relaxation done while the current fine future runs (see speculate)
         self.speculative: np.ndarray | None = None
         self.speculative_steps = 0
+        self.last_gate: dict = {}  # the latest round's uncertainty gate: halted, max δ
         self.frames: list[Atoms] = []  # trajectory: fine points and ML steps
         self.started = time.perf_counter()
 
@@ -181,7 +191,8 @@ class HybridOptimizer:
             return
         # The trust radius the next round will have if this ML point is accepted.
         trust = self._grown_trust() if self.pending_kind == "ml" else self.trust
-        target, steps = self._relax(x, correction, x, trust, "ml-speculative")
+        target, steps = self._relax(x, correction, x, trust, "ml-speculative",
+                                    self.points[-1].positions)
         self.speculative = target
         self.speculative_steps = steps
 
@@ -245,10 +256,12 @@ class HybridOptimizer:
         if correction is None:
             return point.positions
         start = point.positions if self.speculative is None else self.speculative
-        target, steps = self._relax(start, correction, point.positions, self.trust, "ml")
+        target, steps = self._relax(start, correction, point.positions, self.trust, "ml",
+                                    point.positions)
         self.state.rounds[-1].update({"ml_steps": steps,
                                       "speculative_steps": self.speculative_steps
-                                      if self.speculative is not None else 0})
+                                      if self.speculative is not None else 0,
+                                      **self.last_gate})
         self.speculative = None
         return target
 
@@ -262,22 +275,30 @@ class HybridOptimizer:
         return min(self.settings.trust_max, self.trust * 1.5)
 
     def _relax(self, start: np.ndarray, correction: np.ndarray, centre: np.ndarray,
-               trust: float, kind: str) -> tuple[np.ndarray, int]:
-        """ML-BFGS on the corrected surrogate from ``start``, within ``trust`` around
-        ``centre``; the geometry reached (kept in the trajectory as ``kind``) and the steps
-        taken."""
+               trust: float, kind: str, reference: np.ndarray) -> tuple[np.ndarray, int]:
+        """ML-BFGS on the surrogate corrected at the fine point ``reference``, from
+        ``start``, within ``trust`` around ``centre`` (and, with an ensemble, while its
+        uncertainty stays below the limit); the geometry reached (kept in the trajectory as
+        ``kind``) and the steps taken."""
         s = self.settings
         work = self.atoms.copy()
         work.set_constraint(self.atoms.constraints)
         work.set_positions(start, apply_constraint=False)
         work.calc = CorrectedForceField(self.model.model, correction)
+        gate = None if self.ensemble is None else UncertaintyGate(
+            self.ensemble, work, reference, self.free, s.max_uncertainty)
         try:
-            result = ml_bfgs(work, fmax=s.fmax * s.ml_fmax_factor, steps=s.ml_steps,
-                             maxstep=s.ml_maxstep, reset_every=s.reset_every,
-                             max_displacement=trust, centre=centre)
+            if gate is not None and gate(work):  # e.g. a speculative start the new fine point
+                result = {"steps": 0, "force_calls": 0, "halted": True}  # makes uncertain
+            else:
+                result = ml_bfgs(work, fmax=s.fmax * s.ml_fmax_factor, steps=s.ml_steps,
+                                 maxstep=s.ml_maxstep, reset_every=s.reset_every,
+                                 max_displacement=trust, centre=centre, halt=gate)
         except OamlmError:
             return centre, 0  # the model cannot describe this structure: no ML move
-        self.state.ml_calls += result["force_calls"]
+        self.state.ml_calls += result["force_calls"] + (0 if gate is None else gate.calls)
+        self.last_gate = {} if gate is None else {"halted": result["halted"],
+                                                  "uncertainty": gate.largest}
         snapshot = work.copy()
         snapshot.calc = SinglePointCalculator(snapshot, forces=work.get_forces())
         snapshot.info.update({"kind": kind, "fine_call": self.state.fine_calls,

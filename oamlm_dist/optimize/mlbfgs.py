@@ -5,12 +5,14 @@
   (noise in ML forces accumulates in the BFGS update);
 * ``groups``: alternate between atom groups, e.g. ``[(outer, 24), (core, 12)]``: 24 steps
   on the outer layer with the core fixed (``FixAtoms``), then 12 on the core, and so on;
-* ``max_displacement``: a trust radius; no atom ends further than this from its start.
+* ``max_displacement``: a trust radius; no atom ends further than this from its start;
+* ``halt``: a test of the geometry after each step (e.g. "the model's uncertainty is too
+  high here") that ends the relaxation at that step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from ase import Atoms
@@ -33,22 +35,22 @@ def ml_bfgs(atoms: Atoms, fmax: float = 0.05, steps: int = 200, maxstep: float =
             reset_every: int | None = None,
             groups: Sequence[tuple[Sequence[int], int]] | None = None,
             max_displacement: float | None = None, centre: np.ndarray | None = None,
-            trajectory=None) -> dict:
+            halt: Callable[[Atoms], bool] | None = None, trajectory=None) -> dict:
     """Relax ``atoms`` in place with the forces of its calculator (e.g. a ForceField).
 
     Stops when the forces on the caller's free atoms are below ``fmax``, after ``steps``
     steps, or when an atom reaches ``max_displacement`` from ``centre`` (default: its start;
-    it is put back on that radius). Returns ``{"steps", "converged", "fmax", "force_calls",
-    "trust_limited"}``.
+    it is put back on that radius), or when ``halt(atoms)`` is true after a step. Returns
+    ``{"steps", "converged", "fmax", "force_calls", "trust_limited", "halted"}``.
     """
     base_constraints = list(atoms.constraints)
     start = atoms.get_positions() if centre is None else np.asarray(centre)
     free = free_atoms(atoms)
     schedule = list(groups) if groups else [(np.flatnonzero(free), steps)]
     taken, calls, since_reset = 0, 0, 0
-    limited = converged = False
+    limited = converged = halted = False
     try:
-        while taken < steps and not limited and not converged:
+        while taken < steps and not (limited or converged or halted):
             progressed = False
             for indices, n_steps in schedule:
                 members = np.zeros(len(atoms), dtype=bool)
@@ -68,10 +70,13 @@ def ml_bfgs(atoms: Atoms, fmax: float = 0.05, steps: int = 200, maxstep: float =
                     if max_displacement is not None and _beyond(atoms, start, max_displacement):
                         limited = True
                         break
+                    if halt is not None and halt(atoms):
+                        halted = True
+                        break
                     if reset_every and since_reset >= reset_every:
                         optimizer.initialize()
                         since_reset = 0
-                if limited or taken >= steps:
+                if limited or halted or taken >= steps:
                     break
             atoms.set_constraint(base_constraints)
             converged = _fmax(atoms, free) <= fmax
@@ -80,7 +85,7 @@ def ml_bfgs(atoms: Atoms, fmax: float = 0.05, steps: int = 200, maxstep: float =
     finally:
         atoms.set_constraint(base_constraints)
     return {"steps": taken, "converged": bool(converged), "force_calls": calls,
-            "fmax": _fmax(atoms, free), "trust_limited": limited}
+            "fmax": _fmax(atoms, free), "trust_limited": limited, "halted": halted}
 
 
 def _fmax(atoms: Atoms, free: np.ndarray) -> float:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ase.io import write
 
+from oamlm_dist.active.ensemble import ForceEnsemble
 from oamlm_dist.errors import InputError
 from oamlm_dist.forcefield import ForceModel
 from oamlm_dist.ingest import read_frames
@@ -31,12 +32,20 @@ def online_model(store: Store, model: str | None, atoms_list, scheme: str | None
 
 def optimize(structures: list[str], store_path: str | os.PathLike, client, calculator: str,
              params: dict, settings: HybridSettings, model: str | None = None,
-             scheme: str | None = None, out_dir: str | os.PathLike = ".") -> list[dict]:
-    """Relax every structure (the last frame of each file); results and trajectories."""
+             scheme: str | None = None, out_dir: str | os.PathLike = ".",
+             ensemble: str | None = None) -> list[dict]:
+    """Relax every structure (the last frame of each file); results and trajectories.
+
+    ``ensemble`` names a bootstrap ensemble of the store (``models/<name>-m<j>``, as written
+    by ``learn``) whose uncertainty ends the ML rounds (``settings.max_uncertainty``).
+    """
     if not structures:
         raise InputError("optimize: give at least one structure file")
     if settings.fine_timeout_s is not None and not settings.fine_timeout_s > 0:
         raise InputError(f"optimize: --fine-timeout must be > 0 s, got {settings.fine_timeout_s}")
+    if ensemble and not settings.max_uncertainty > 0:
+        raise InputError(f"optimize: --max-uncertainty must be > 0 eV/Å, "
+                         f"got {settings.max_uncertainty}")
     loaded = []
     for path in structures:
         atoms = read_frames(path)[-1]
@@ -44,6 +53,7 @@ def optimize(structures: list[str], store_path: str | os.PathLike, client, calcu
         loaded.append((Path(path).stem, atoms))
     if model:  # a missing store or model fails before anything is created
         ForceModel.load(store_path, model)
+    members = ForceEnsemble.load(store_path, ensemble) if ensemble else None
     store = Store.create(store_path, exist_ok=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -52,7 +62,8 @@ def optimize(structures: list[str], store_path: str | os.PathLike, client, calcu
         # Each structure learns on its own copy of the model: runs never share updates.
         optimizers.append(HybridOptimizer(
             atoms, online_model(store, model, [atoms], scheme), calculator, params, settings,
-            name=name, store=store, trajectory=str(out / f"{name}-hybrid.traj")))
+            name=name, store=store, trajectory=str(out / f"{name}-hybrid.traj"),
+            ensemble=members))
     results = optimize_many(optimizers, client)
     for optimizer, result in zip(optimizers, results, strict=True):
         if optimizer.points:
