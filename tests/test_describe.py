@@ -3,7 +3,19 @@ import pytest
 from ase.calculators.singlepoint import SinglePointCalculator
 from dscribe.descriptors import SOAP
 
-from oamlm_dist.describe import ROW_FIELDS, STAGE, describe, load_class_rows
+from oamlm_dist import describe as describe_module
+from oamlm_dist.describe import (
+    ROW_FIELDS,
+    STAGE,
+    DescriptorSpec,
+    describe,
+    describe_block,
+    describe_frames,
+    load_class_rows,
+    plan_blocks,
+    prepare_set,
+)
+from oamlm_dist.descriptors import SoapSettings, make_soap, soap_rows
 from oamlm_dist.errors import SchemeError
 from oamlm_dist.store import FrameBatch, Store
 from oamlm_dist.structures import gold_thiolate_ring, rattle
@@ -95,3 +107,37 @@ def test_scheme_error_names_segment_frame_and_atom(tmp_path, dask_client):
     segment.mark_complete()
     with pytest.raises(SchemeError, match="segment 0 frame 1, atom"):
         describe(store.path, "thiolate", "n_max=2,l_max=1", dask_client)
+
+
+def test_rows_in_memory_and_stored_in_batches_equal_direct_soap_rows(tmp_path, monkeypatch):
+    # Periodic SOAP: a frame with a cell takes DScribe's plain path, one without a cell the
+    # placeholder-cell path of soap_rows. Stored blocks of 4 frames are written in batches
+    # of 2 frames.
+    frames = ring_frames(7, size=5)
+    for atoms in frames[::2]:
+        atoms.cell = [30.0, 30.0, 30.0]
+    store = Store.create(tmp_path / "s.zarr")
+    segment = store.new_segment("ingest", {})
+    segment.append(FrameBatch.from_atoms(frames))
+    segment.mark_complete()
+    settings = SoapSettings(r_cut=3.5, n_max=3, l_max=2, sigma=0.3,
+                            species=("H", "C", "S", "Au"), periodic=True)
+    spec = DescriptorSpec("thiolate", settings, block_frames=4)
+    soap = make_soap(settings)
+    monkeypatch.setattr(describe_module._BlockWriter, "batch_bytes",
+                        2 * len(frames[0]) * 4 * soap.get_number_of_features())
+    name = prepare_set(store, spec)
+    for segment_id, block in plan_blocks(store, spec.block_frames):
+        describe_block(str(store.path), name, segment_id, block)
+    rows = describe_frames(frames, spec)
+    assert list(rows) == ["Au_unit", "S", "C", "H"]
+    for cls, fields in rows.items():
+        assert len(fields["atom"]) == 7 * (15 if cls == "H" else 5)
+        stored = load_class_rows(store, name, cls)
+        for field in ROW_FIELDS:
+            if field != "segment":  # -1 in memory without frame ids
+                assert np.array_equal(stored[field], fields[field], equal_nan=True)
+        for frame in range(7):
+            mine = fields["frame"] == frame
+            direct = soap_rows(soap, frames[frame], fields["atom"][mine].astype(np.int64))
+            assert np.array_equal(fields["X"][mine], direct.astype(np.float32))
