@@ -303,3 +303,13 @@ def test_describe_on_slurm_jobs(tmp_path):
         if started:
             subprocess.run([str(DEPLOY / "local-slurm" / "stop.sh")], capture_output=True,
                            timeout=120)
+
+
+def test_local_workers_get_a_fixed_mmap_threshold(dask_client):
+    """The workers' glibc serves mid-sized arrays from the heap; Dask's trim setting stays."""
+    names = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+    environ = dask_client.run(lambda: {name: os.environ.get(name) for name in names})
+    assert len(environ) == 2
+    for values in environ.values():
+        assert values == {"MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+                          "MALLOC_TRIM_THRESHOLD_": "65536"}

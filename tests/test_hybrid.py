@@ -12,7 +12,7 @@ from ase.optimize import BFGS
 from distributed import Client, LocalCluster
 
 from oamlm_dist.descriptors import SoapSettings
-from oamlm_dist.errors import SCFConvergenceError
+from oamlm_dist.errors import InputError, SCFConvergenceError
 from oamlm_dist.optimize import hybrid
 from oamlm_dist.optimize.hybrid import FineBFGS, HybridOptimizer, HybridSettings, optimize_many
 from oamlm_dist.optimize.hybrid import fine_single_point as real_single_point
@@ -328,3 +328,9 @@ def test_a_trained_bootstrap_ensemble_gates_the_rounds(dask_client, bfgs_referen
     assert result["converged"] and abs(result["energy"] - bfgs_reference[1]) < 2e-3
     gated = [r for r in optimizer.state.rounds if "halted" in r]
     assert gated and all(r["uncertainty"] is not None for r in gated)
+
+    # An ensemble that cannot describe the structure is refused up front.
+    copper = start_structure()
+    copper.symbols[0] = "Cu"
+    with pytest.raises(InputError, match="ensemble cannot describe"):
+        HybridOptimizer(copper, model, "emt", name="copper", ensemble=ensemble)

@@ -34,7 +34,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from oamlm_dist.active.ensemble import ForceEnsemble
 from oamlm_dist.calculators import ensure_cell, fine_single_point
 from oamlm_dist.cluster import FINE_RESOURCE
-from oamlm_dist.errors import FineCalculationError, OamlmError
+from oamlm_dist.errors import FineCalculationError, InputError, OamlmError
 from oamlm_dist.forcefield import ForceField
 from oamlm_dist.models.oamlm import weighted_angle_deg
 from oamlm_dist.optimize.mlbfgs import free_atoms, ml_bfgs
@@ -124,6 +124,19 @@ class HybridState:
     stopped: str | None = None
 
 
+def _check_describes(ensemble: ForceEnsemble, atoms: Atoms, name: str) -> None:
+    """Fail at once if the ensemble cannot describe the structure: otherwise every ML round
+    would halt unseen and the run silently become fine-only."""
+    probe = atoms.copy()
+    probe.set_constraint()
+    probe.calc = None
+    try:
+        ensemble.predict(probe)
+    except OamlmError as exc:
+        raise InputError(f"{name}: the uncertainty ensemble cannot describe this structure: "
+                         f"{exc}") from exc
+
+
 def fine_task(atoms: Atoms, calculator: str, params: dict) -> dict:
     """Dask task: one fine single point (retried once with safer settings on SCF failure).
 
@@ -153,6 +166,8 @@ class HybridOptimizer:
         self.atoms.calc = None
         self.model = model
         self.ensemble = ensemble
+        if ensemble is not None:
+            _check_describes(ensemble, self.atoms, name)
         self.calculator = calculator
         self.params = params or {}
         self.settings = settings or HybridSettings()
