@@ -76,12 +76,14 @@ def main() -> dict:
                 label = "hybrid" if limit is None else f"hybrid_gated_{limit:g}"
                 optimizer = HybridOptimizer(
                     start, online_model(Store.open(store), model, [start], None), "xtb", {},
-                    HybridSettings(fmax=FMAX, max_uncertainty=limit or 1.0),
+                    HybridSettings(fmax=FMAX, **({} if limit is None else
+                                                   {"max_uncertainty": limit})),
                     name=f"{name}-{label}", ensemble=None if limit is None else ensemble)
                 result = optimize_many([optimizer], client)[0]
                 rounds = optimizer.state.rounds
                 row[label] = {"fine_calls": result["fine_calls"], "energy": result["energy"],
                               "converged": result["converged"], "ml_calls": result["ml_calls"],
+                              "ensemble_calls": result["ensemble_calls"],
                               "wall_s": result["wall_s"],
                               "ml_rounds": sum("ml_steps" in r for r in rounds),
                               "rounds_halted": sum(bool(r.get("halted")) for r in rounds)}

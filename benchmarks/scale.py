@@ -22,7 +22,7 @@ block (``--block-rows`` rows per class, default 10^4) is one Dask task on a ``lo
 of ``--workers`` single-threaded workers (default 2), which generates the block's rows
 deterministically from ``(--seed, class, segment, block)`` and writes them through the
 describe stage's own writer (``describe._BlockWriter``: ``start`` with the non-SOAP fields,
-``X`` streamed with ``add_x`` in pieces of 2048 rows, ``finish``), then its done-marker with
+``X`` streamed with ``add_rows`` in pieces of 2048 rows, ``finish``), then its done-marker with
 ``store.mark_done("describe/<set>", key, {"rows": ..., "frames": ...})``, as
 ``describe_block`` does. Rows per block:
 
@@ -245,7 +245,7 @@ def write_block(store_path: str, set_name: str, segment_id: int, block: int, row
                 X = soap_like_rows(rng, means, loadings, n_carbon[lo:lo + X_CHUNK],
                                    distances[lo:lo + X_CHUNK])
                 generate += time.perf_counter() - t0
-                writer.add_x(cls, X, np.arange(len(X)))
+                writer.add_rows(cls, np.ascontiguousarray(X, dtype=np.float32))
         counts = writer.finish()
     finally:
         writer.close()

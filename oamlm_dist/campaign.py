@@ -223,7 +223,22 @@ def load_campaign(path: str | os.PathLike) -> Campaign:
     if campaign.optimize:
         campaign.optimize.structures = [resolve(f) for f in campaign.optimize.structures]
         campaign.optimize.out = resolve(campaign.optimize.out)
+        _check_optimize(path, campaign.optimize, campaign.store)
     return campaign
+
+
+def _check_optimize(path: Path, spec: OptimizeStage, store: str) -> None:
+    """Settings the optimize stage would reject only after the earlier stages ran."""
+    if spec.fine_timeout_s is not None and not spec.fine_timeout_s > 0:
+        raise InputError(f"{path}: optimize.fine_timeout_s must be > 0, got {spec.fine_timeout_s}")
+    if not spec.max_uncertainty > 0:
+        raise InputError(f"{path}: optimize.max_uncertainty must be > 0 eV/Å, "
+                         f"got {spec.max_uncertainty}")
+    if spec.ensemble:  # campaigns have no learn stage: the ensemble must be there already
+        members = Path(store) / "models" / f"{spec.ensemble}-m1"
+        if not members.is_dir():
+            raise InputError(f"{path}: optimize.ensemble {spec.ensemble!r}: no such ensemble "
+                             f"in {store} (models/{spec.ensemble}-m<j>, written by learn)")
 
 
 def _stage_key(campaign: Campaign) -> str:

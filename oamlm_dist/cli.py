@@ -101,9 +101,13 @@ def _cmd_optimize(args: argparse.Namespace) -> None:
     from oamlm_dist.optimize.hybrid import HybridSettings
     from oamlm_dist.optimize.run import optimize
 
+    if args.max_uncertainty is not None and not args.ensemble:
+        raise InputError("optimize: --max-uncertainty needs --ensemble NAME (the ensemble "
+                         "whose uncertainty it limits)")
+    gate = {} if args.max_uncertainty is None else {"max_uncertainty": args.max_uncertainty}
     settings = HybridSettings(fmax=args.fmax, max_fine=args.max_fine, ml_maxstep=args.maxstep,
                               fine_timeout_s=args.fine_timeout, speculate=args.speculate,
-                              max_uncertainty=args.max_uncertainty)
+                              **gate)
     with get_client(args.scheduler, n_workers=args.workers) as client:
         results = optimize(args.structures, args.store, client, args.calculator,
                            _parse_params(args.calc_param), settings, model=args.model,
@@ -363,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", default=None, metavar="NAME",
                    help="bootstrap ensemble of the store (from learn): an ML round ends where "
                         "its uncertainty exceeds --max-uncertainty")
-    p.add_argument("--max-uncertainty", type=float, default=0.2, metavar="EV_PER_A",
+    p.add_argument("--max-uncertainty", type=float, default=None, metavar="EV_PER_A",
                    help="uncertainty limit of an ML round with --ensemble (default 0.2)")
     p.add_argument("--out", default=".", help="directory for trajectories and final frames")
     p.add_argument("--json", default=None, help="write all results here")

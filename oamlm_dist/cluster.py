@@ -60,7 +60,9 @@ class _OwningClient(Client):
 
 # Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which freezes glibc's mmap threshold at 128 kB: every
 # larger array (DScribe's per-frame buffers, ~1 MB) becomes a fresh mapping and its page faults
-# cost ~20 % of the SOAP time. A fixed 32 MiB threshold serves them from the heap again.
+# cost ~20 % of the SOAP time. A fixed 32 MiB threshold serves them from the heap again. Set for
+# local workers and exported in jobqueue job scripts; workers started otherwise need it in
+# their environment.
 WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": 32 << 20}
 
 
@@ -143,9 +145,11 @@ def read_jobqueue_config(config_path: str | os.PathLike) -> dict:
 def cluster_kwargs(config: dict) -> dict:
     """Keyword arguments for SLURMCluster/PBSCluster from a checked configuration."""
     kwargs = dict(config["cluster"])
-    if kwargs.get("job_script_prologue"):
-        kwargs["job_script_prologue"] = [line.replace(VENV_PLACEHOLDER, sys.prefix)
-                                         for line in kwargs["job_script_prologue"]]
+    # The workers inherit the job's environment (the nanny adds only its own variables).
+    exports = [f"export {name}={value}" for name, value in WORKER_MALLOC.items()]
+    kwargs["job_script_prologue"] = [*exports, *(line.replace(VENV_PLACEHOLDER, sys.prefix)
+                                                 for line in kwargs.get("job_script_prologue")
+                                                 or [])]
     if config["dft_slots"]:
         kwargs["worker_extra_args"] = [*(kwargs.get("worker_extra_args") or []),
                                        "--resources", f"{FINE_RESOURCE}={config['dft_slots']}"]

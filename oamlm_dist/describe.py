@@ -43,8 +43,7 @@ STAGE = "describe"
 ROW_FIELDS = ("X", "P", "Z", "Y", "norm", "segment", "frame", "atom")
 SCHEMES = ("thiolate", "element")
 # SOAP rows are cast and stored in batches of frames of at most this many bytes (float32):
-# writing a class's rows of a batch at once (~1 MB) costs the kernel a quarter less than
-# writing them frame by frame.
+# few large writes per class instead of one small write per frame.
 _BATCH_BYTES = 4 << 20
 
 
@@ -125,9 +124,9 @@ def _soap_rows_in_batches(frames: list[Atoms], offsets: np.ndarray, environments
     time."""
     plain = _plain_soap_frames(frames, soap)
     n_features = soap.get_number_of_features()
-    # Per-frame arrays are reused: in Dask workers (whose nanny sets MALLOC_TRIM_THRESHOLD_)
-    # every new array above 128 kB is a fresh mapping, whose page faults cost a third as
-    # much as the SOAP itself.
+    # Per-frame arrays are reused: in Dask workers whose glibc mmap threshold is frozen at
+    # 128 kB (see cluster.WORKER_MALLOC) every new larger array is a fresh mapping, whose
+    # page faults cost a third as much as the SOAP itself.
     if soap.average == "off":
         soap.init_descriptor_array = _ReusedRows(n_features)
     # In memory all frames are one batch, whose array is the result: no rows are copied.
@@ -340,7 +339,6 @@ class _BlockWriter:
         self.counts = {cls: len(f["atom"]) for cls, f in fields.items()}
         self.n_features = n_features
         self.columns, self.files = {}, {}
-        self.scratch = np.empty((0, n_features), np.float32)
         for cls, f in fields.items():
             path = self.set_path / cls / self.key
             if path.exists():  # left by a killed task: no marker, so never read
@@ -363,14 +361,6 @@ class _BlockWriter:
     def add_rows(self, cls: str, rows: np.ndarray) -> None:
         """Append SOAP rows (float32, C-contiguous) to class ``cls``, in order."""
         self.files[cls].write(memoryview(rows).cast("B"))
-
-    def add_x(self, cls: str, frame_rows: np.ndarray, atoms: np.ndarray) -> None:
-        """Append the rows ``atoms`` of ``frame_rows`` to class ``cls``, in order."""
-        if len(self.scratch) < len(atoms):
-            self.scratch = np.empty((len(atoms), self.n_features), np.float32)
-        rows = self.scratch[:len(atoms)]
-        np.take(frame_rows, atoms, axis=0, out=rows, mode="clip")
-        self.add_rows(cls, rows)
 
     def finish(self) -> dict[str, int]:
         """Complete the groups (metadata last); returns the rows per class."""

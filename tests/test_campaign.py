@@ -31,6 +31,12 @@ optimize: {{structures: [start.extxyz], calculator: emt, fmax: {fmax}, out: rela
     ("store: s.zarr\nevaluate: {test: [a.xyz]}\n", "evaluate needs a fit stage"),
     ("store: s.zarr\n", "no stages"),
     ("store: [unclosed\n", "not valid YAML"),
+    ("store: s.zarr\noptimize: {structures: [a.xyz], max_uncertainty: 0}\n",
+     "optimize.max_uncertainty must be > 0"),
+    ("store: s.zarr\noptimize: {structures: [a.xyz], fine_timeout_s: -1}\n",
+     "optimize.fine_timeout_s must be > 0"),
+    ("store: s.zarr\noptimize: {structures: [a.xyz], ensemble: al}\n",
+     "optimize.ensemble 'al': no such ensemble"),
 ])
 def test_bad_campaign_files_fail_in_one_line_before_running(tmp_path, capsys, text, message):
     path = tmp_path / "c.yaml"

@@ -255,7 +255,8 @@ class ScaledEMTEnsemble:
         probe = atoms.copy()
         probe.calc = EMT()
         forces = probe.get_forces()
-        return {"member_forces": (1 + self.scales)[:, None, None] * forces[None]}
+        return {"member_forces": (1 + self.scales)[:, None, None] * forces[None],
+                "support": np.full(len(atoms), -1)}
 
 
 def emt_forces(atoms, positions):
@@ -276,7 +277,16 @@ def test_uncertainty_gate_measures_the_spread_of_force_changes():
                             axis=1)
     expected = 2.58 * np.std(ScaledEMTEnsemble.scales, ddof=1) * change
     np.testing.assert_allclose(gate.uncertainty(moved), expected, rtol=1e-10)
-    assert gate(moved) == (expected.max() > 0.05)
+    assert UncertaintyGate(ScaledEMTEnsemble(), atoms, reference, free, 0.9 * expected.max())(
+        moved)
+    assert not UncertaintyGate(ScaledEMTEnsemble(), atoms, reference, free,
+                               1.1 * expected.max())(moved)
+    # Atoms fixed by the caller do not count.
+    top = int(np.argmax(expected))
+    only = free.copy()
+    only[top] = False
+    rest = np.delete(expected, top).max()
+    assert not UncertaintyGate(ScaledEMTEnsemble(), atoms, reference, only, 1.01 * rest)(moved)
 
 
 def test_ensemble_uncertainty_decides_when_the_fine_calculator_is_called(dask_client,
@@ -299,8 +309,9 @@ def test_ensemble_uncertainty_decides_when_the_fine_calculator_is_called(dask_cl
     gated, plain = runs["gated"][0].state.rounds, runs["plain"][0].state.rounds
     halted = [r for r in gated if r.get("halted")]
     assert halted and all(r["uncertainty"] > limit for r in halted)
-    # A round that did not halt stayed below the limit all the way.
+    # A round that did not halt ended below the limit.
     assert all(r["uncertainty"] <= limit for r in gated if r.get("halted") is False)
+    assert runs["gated"][1]["ensemble_calls"] > 0 == runs["plain"][1]["ensemble_calls"]
     assert not any("halted" in r for r in plain)
     assert runs["gated"][1]["fine_calls"] > runs["plain"][1]["fine_calls"]
 
@@ -334,3 +345,16 @@ def test_a_trained_bootstrap_ensemble_gates_the_rounds(dask_client, bfgs_referen
     copper.symbols[0] = "Cu"
     with pytest.raises(InputError, match="ensemble cannot describe"):
         HybridOptimizer(copper, model, "emt", name="copper", ensemble=ensemble)
+
+
+def test_max_uncertainty_without_an_ensemble_is_refused(tmp_path, capsys):
+    from ase.io import write
+
+    from oamlm_dist.cli import main
+
+    write(tmp_path / "start.extxyz", start_structure())
+    code = main(["optimize", str(tmp_path / "start.extxyz"), "--store", str(tmp_path / "s.zarr"),
+                 "--calculator", "emt", "--max-uncertainty", "0.3"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "needs --ensemble" in err
+    assert not (tmp_path / "s.zarr").exists()

@@ -37,6 +37,7 @@ from oamlm_dist.training import (
 )
 
 UNCERTAINTY_FACTOR = 2.58
+MIN_SUPPORT = 2  # training rows a class needs before its ensemble spread means anything
 
 
 def atomic_uncertainty(member_forces: np.ndarray) -> np.ndarray:

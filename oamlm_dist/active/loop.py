@@ -37,7 +37,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from oamlm_dist.active.chunks import DEFAULT_VACUUM, central_rows, cut_chunk
-from oamlm_dist.active.ensemble import EnsembleForceField, ForceEnsemble
+from oamlm_dist.active.ensemble import MIN_SUPPORT, EnsembleForceField, ForceEnsemble
 from oamlm_dist.cluster import FINE_RESOURCE
 from oamlm_dist.describe import DescriptorSpec, describe_frames
 from oamlm_dist.descriptors import SoapSettings
@@ -50,7 +50,6 @@ from oamlm_dist.training import FitSettings, select_segments
 THIOLATE_ELEMENTS = {"Au", "S", "C", "H"}
 SAMPLERS = ("rattle", "md")
 COLD = -1  # iteration number of the cold start's fine results
-MIN_SUPPORT = 2  # training rows a class needs before its ensemble spread means anything
 
 
 @dataclass(frozen=True)

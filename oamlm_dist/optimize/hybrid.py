@@ -118,6 +118,7 @@ class FinePoint:
 class HybridState:
     fine_calls: int = 0
     ml_calls: int = 0
+    ensemble_calls: int = 0  # predictions of the uncertainty ensemble (M members each)
     fine_wall_s: float = 0.0  # summed wall time of the fine calculations on the workers
     rounds: list[dict] = field(default_factory=list)
     converged: bool = False
@@ -206,8 +207,7 @@ class HybridOptimizer:
             return
         # The trust radius the next round will have if this ML point is accepted.
         trust = self._grown_trust() if self.pending_kind == "ml" else self.trust
-        target, steps = self._relax(x, correction, x, trust, "ml-speculative",
-                                    self.points[-1].positions)
+        target, steps = self._relax(x, correction, x, trust, "ml-speculative")
         self.speculative = target
         self.speculative_steps = steps
 
@@ -271,8 +271,7 @@ class HybridOptimizer:
         if correction is None:
             return point.positions
         start = point.positions if self.speculative is None else self.speculative
-        target, steps = self._relax(start, correction, point.positions, self.trust, "ml",
-                                    point.positions)
+        target, steps = self._relax(start, correction, point.positions, self.trust, "ml")
         self.state.rounds[-1].update({"ml_steps": steps,
                                       "speculative_steps": self.speculative_steps
                                       if self.speculative is not None else 0,
@@ -290,30 +289,38 @@ class HybridOptimizer:
         return min(self.settings.trust_max, self.trust * 1.5)
 
     def _relax(self, start: np.ndarray, correction: np.ndarray, centre: np.ndarray,
-               trust: float, kind: str, reference: np.ndarray) -> tuple[np.ndarray, int]:
-        """ML-BFGS on the surrogate corrected at the fine point ``reference``, from
-        ``start``, within ``trust`` around ``centre`` (and, with an ensemble, while its
-        uncertainty stays below the limit); the geometry reached (kept in the trajectory as
-        ``kind``) and the steps taken."""
+               trust: float, kind: str) -> tuple[np.ndarray, int]:
+        """ML-BFGS on the corrected surrogate from ``start``, within ``trust`` around the
+        fine point ``centre`` (and, with an ensemble, while its uncertainty of the force
+        changes from ``centre`` stays below the limit); the geometry reached (kept in the
+        trajectory as ``kind``) and the steps taken.
+
+        A speculative round is gated from the geometry whose fine result is pending: the
+        real round after it is corrected there.
+        """
         s = self.settings
         work = self.atoms.copy()
         work.set_constraint(self.atoms.constraints)
         work.set_positions(start, apply_constraint=False)
         work.calc = CorrectedForceField(self.model.model, correction)
+        self.last_gate = {}
         gate = None if self.ensemble is None else UncertaintyGate(
-            self.ensemble, work, reference, self.free, s.max_uncertainty)
+            self.ensemble, work, centre, self.free, s.max_uncertainty)
         try:
-            if gate is not None and gate(work):  # e.g. a speculative start the new fine point
-                result = {"steps": 0, "force_calls": 0, "halted": True}  # makes uncertain
+            if gate is not None and not np.array_equal(start, centre) and gate(work):
+                # a speculative geometry already beyond the limit: the fine point goes there
+                result = {"steps": 0, "force_calls": 0, "halted": True}
             else:
                 result = ml_bfgs(work, fmax=s.fmax * s.ml_fmax_factor, steps=s.ml_steps,
                                  maxstep=s.ml_maxstep, reset_every=s.reset_every,
                                  max_displacement=trust, centre=centre, halt=gate)
         except OamlmError:
             return centre, 0  # the model cannot describe this structure: no ML move
-        self.state.ml_calls += result["force_calls"] + (0 if gate is None else gate.calls)
-        self.last_gate = {} if gate is None else {"halted": result["halted"],
-                                                  "uncertainty": gate.largest}
+        finally:
+            self.state.ensemble_calls += 0 if gate is None else gate.calls
+        self.state.ml_calls += result["force_calls"]
+        if gate is not None:
+            self.last_gate = {"halted": result["halted"], "uncertainty": gate.largest}
         snapshot = work.copy()
         snapshot.calc = SinglePointCalculator(snapshot, forces=work.get_forces())
         snapshot.info.update({"kind": kind, "fine_call": self.state.fine_calls,
@@ -397,6 +404,7 @@ class HybridOptimizer:
             self.write_trajectory(self.trajectory_path)
         return {"name": self.name, "converged": self.state.converged,
                 "fine_calls": self.state.fine_calls, "ml_calls": self.state.ml_calls,
+                "ensemble_calls": self.state.ensemble_calls,
                 "energy": None if final is None else final.energy,
                 "fmax": None if final is None else final.fmax,
                 "wall_s": round(time.perf_counter() - self.started, 2),

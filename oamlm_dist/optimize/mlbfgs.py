@@ -69,9 +69,10 @@ def ml_bfgs(atoms: Atoms, fmax: float = 0.05, steps: int = 200, maxstep: float =
                     progressed = True
                     if max_displacement is not None and _beyond(atoms, start, max_displacement):
                         limited = True
-                        break
+                    # also at the trust radius: the geometry the caller gets was tested
                     if halt is not None and halt(atoms):
                         halted = True
+                    if limited or halted:
                         break
                     if reset_every and since_reset >= reset_every:
                         optimizer.initialize()

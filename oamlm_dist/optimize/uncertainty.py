@@ -10,6 +10,8 @@ nearby. So the uncertainty that matters is the ensemble's spread of those change
 zero at the fine point and growing as the round moves where the members disagree. The round
 halts at the first geometry where max δ_i over the free atoms exceeds the limit, and the
 fine calculation goes there: to the point the model is least sure of, not a fixed distance.
+An atom whose class had fewer than ``MIN_SUPPORT`` distinct training rows counts as
+uncertain whatever its δ: all bootstrap members then agree, however wrong they are.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ from __future__ import annotations
 import numpy as np
 from ase import Atoms
 
-from oamlm_dist.active.ensemble import ForceEnsemble, atomic_uncertainty
+from oamlm_dist.active.ensemble import MIN_SUPPORT, ForceEnsemble, atomic_uncertainty
 from oamlm_dist.errors import OamlmError
 
 
 class UncertaintyGate:
     """``gate(atoms)`` is True where the ensemble's δ of force changes from ``reference``
     (a fine point's positions) exceeds ``limit`` eV/Å on a free atom, or where the ensemble
-    cannot describe the structure at all."""
+    cannot describe the structure or an atom's class (then ``largest`` is None)."""
 
     def __init__(self, ensemble: ForceEnsemble, atoms: Atoms, reference: np.ndarray,
                  free: np.ndarray, limit: float):
@@ -32,28 +34,33 @@ class UncertaintyGate:
         self.free = free
         self.limit = limit
         self.calls = 0
-        self.largest: float | None = 0.0  # max δ at the latest geometry tested (None: unknown)
-        self.reference_forces = self._member_forces(atoms, reference)
+        self.largest: float | None = None  # max δ at the latest geometry tested
+        reference_prediction = self._predict(atoms, reference)
+        self.reference_forces = (None if reference_prediction is None
+                                 else reference_prediction["member_forces"])
 
-    def _member_forces(self, atoms: Atoms, positions: np.ndarray) -> np.ndarray | None:
+    def _predict(self, atoms: Atoms, positions: np.ndarray) -> dict | None:
         probe = atoms.copy()
         probe.set_constraint()
         probe.set_positions(positions, apply_constraint=False)
         probe.calc = None
         self.calls += 1
         try:
-            return self.ensemble.predict(probe)["member_forces"]
+            return self.ensemble.predict(probe)
         except OamlmError:
             return None
 
     def uncertainty(self, atoms: Atoms) -> np.ndarray | None:
         """δ_i of the force changes at ``atoms`` (None: the ensemble cannot describe it)."""
-        forces = self._member_forces(atoms, atoms.get_positions())
-        if forces is None or self.reference_forces is None:
+        prediction = self._predict(atoms, atoms.get_positions())
+        if prediction is None or self.reference_forces is None:
             return None
-        return atomic_uncertainty(forces - self.reference_forces)
+        delta = atomic_uncertainty(prediction["member_forces"] - self.reference_forces)
+        support = prediction["support"]
+        return np.where((support >= 0) & (support < MIN_SUPPORT), np.inf, delta)
 
     def __call__(self, atoms: Atoms) -> bool:
         delta = self.uncertainty(atoms)
-        self.largest = None if delta is None else float(delta[self.free].max(initial=0.0))
-        return self.largest is None or self.largest > self.limit
+        largest = np.inf if delta is None else float(delta[self.free].max(initial=0.0))
+        self.largest = largest if np.isfinite(largest) else None  # None: not measurable
+        return largest > self.limit
