@@ -289,8 +289,10 @@ def test_uncertainty_gate_measures_the_spread_of_force_changes():
     assert not UncertaintyGate(ScaledEMTEnsemble(), atoms, reference, only, 1.01 * rest)(moved)
 
 
+@pytest.mark.parametrize("speculate", [False, True])
 def test_ensemble_uncertainty_decides_when_the_fine_calculator_is_called(dask_client,
-                                                                          bfgs_reference):
+                                                                          bfgs_reference,
+                                                                          speculate):
     """ML rounds on the shifted-EMT model end at the trust radius or the ML minimum; with a
     gate they end where the analytic ensemble's uncertainty first passes the limit, so a
     tight limit calls the fine calculator after shorter rounds, and more often. Both reach
@@ -300,7 +302,7 @@ def test_ensemble_uncertainty_decides_when_the_fine_calculator_is_called(dask_cl
     runs = {}
     for label, ensemble in (("plain", None), ("gated", ScaledEMTEnsemble())):
         optimizer = HybridOptimizer(start, ShiftedEMTModel(len(start)), "emt", name=label,
-                                    settings=HybridSettings(speculate=False,
+                                    settings=HybridSettings(speculate=speculate,
                                                             max_uncertainty=limit),
                                     ensemble=ensemble)
         runs[label] = (optimizer, optimize_many([optimizer], dask_client)[0])

@@ -308,12 +308,13 @@ class HybridOptimizer:
             self.ensemble, work, centre, self.free, s.max_uncertainty)
         try:
             if gate is not None and not np.array_equal(start, centre) and gate(work):
-                # a speculative geometry already beyond the limit: the fine point goes there
-                result = {"steps": 0, "force_calls": 0, "halted": True}
-            else:
-                result = ml_bfgs(work, fmax=s.fmax * s.ml_fmax_factor, steps=s.ml_steps,
-                                 maxstep=s.ml_maxstep, reset_every=s.reset_every,
-                                 max_displacement=trust, centre=centre, halt=gate)
+                # The speculative geometry (reached on the previous surrogate) is already
+                # beyond the limit from this fine point: relax afresh from the fine point.
+                work.set_positions(centre, apply_constraint=False)
+                self.speculative_steps = 0
+            result = ml_bfgs(work, fmax=s.fmax * s.ml_fmax_factor, steps=s.ml_steps,
+                             maxstep=s.ml_maxstep, reset_every=s.reset_every,
+                             max_displacement=trust, centre=centre, halt=gate)
         except OamlmError:
             return centre, 0  # the model cannot describe this structure: no ML move
         finally:
