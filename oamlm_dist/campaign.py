@@ -100,7 +100,7 @@ class OptimizeStage:
     speculate: bool = True
     use_model: bool = True
     ensemble: str | None = None  # bootstrap ensemble of the store (from learn)
-    max_uncertainty: float = 0.2  # eV/Å, ends an ML round with an ensemble
+    max_uncertainty: float = 1.0  # eV/Å, ends an ML round with an ensemble
     out: str = "relax"
 
 

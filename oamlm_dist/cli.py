@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bootstrap ensemble of the store (from learn): an ML round ends where "
                         "its uncertainty exceeds --max-uncertainty")
     p.add_argument("--max-uncertainty", type=float, default=None, metavar="EV_PER_A",
-                   help="uncertainty limit of an ML round with --ensemble (default 0.2)")
+                   help="uncertainty limit of an ML round with --ensemble (default 1.0)")
     p.add_argument("--out", default=".", help="directory for trajectories and final frames")
     p.add_argument("--json", default=None, help="write all results here")
     _add_cluster_args(p)
