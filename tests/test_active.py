@@ -16,7 +16,7 @@ from oamlm_dist.active.loop import ActiveLearner, LearnSettings, default_spec, l
 from oamlm_dist.describe import DescriptorSpec, describe_frames
 from oamlm_dist.descriptors import SoapSettings
 from oamlm_dist.store import Store
-from oamlm_dist.structures import gold_thiolate_ring
+from oamlm_dist.structures import gold_thiolate_ring, rattle
 from oamlm_dist.training import FitSettings
 
 SPEC = DescriptorSpec("element", SoapSettings(r_cut=5.0, n_max=3, l_max=2, species=("Au",)))
@@ -295,3 +295,31 @@ def test_md_that_leaves_the_model_at_once_keeps_the_start_as_candidate(tmp_path,
     assert np.array_equal(candidates[0].positions, learner.structures[0][1].positions)
     entry = learner.step(dask_client)
     assert entry["candidates"] == 1 and entry["max_uncertainty"] > 0
+
+
+def test_atoms_of_classes_the_ensemble_never_saw_count_as_uncertain():
+    from oamlm_dist.errors import InputError
+    from oamlm_dist.optimize.uncertainty import UncertaintyGate
+
+    ring = gold_thiolate_ring(4)
+    rng = np.random.default_rng(0)
+    frames = [_with_forces(rattle(ring, 0.05, seed=s), rng.normal(size=(len(ring), 3)))
+              for s in range(3)]
+    spec = DescriptorSpec("thiolate", SoapSettings(r_cut=4.0, n_max=3, l_max=2,
+                                                   species=("H", "C", "S", "Au")))
+    rows = describe_frames(frames, spec)
+    del rows["H"]  # an ensemble that never saw a hydrogen
+    ensemble = ForceEnsemble.train(rows, spec, FitSettings(references=10), members=2)
+    probe = rattle(ring, 0.05, seed=9)
+    with pytest.raises(InputError, match="no ensemble member has a model for atom"):
+        ensemble.predict(probe)
+    prediction = ensemble.predict(probe, unknown_classes=True)
+    hydrogen = probe.symbols == "H"
+    assert (prediction["support"][hydrogen] == 0).all()
+    assert (prediction["support"][~hydrogen] > 0).all()
+    # At the reference itself δ is 0 for known atoms; unknown ones are uncertain.
+    everything = UncertaintyGate(ensemble, probe, probe.positions, np.ones(len(probe), bool),
+                                 limit=1e9)
+    assert everything(probe) and everything.largest is None
+    known = UncertaintyGate(ensemble, probe, probe.positions, ~hydrogen, limit=1e9)
+    assert not known(probe) and known.largest == 0.0

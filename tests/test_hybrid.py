@@ -251,7 +251,7 @@ class ScaledEMTEnsemble:
 
     scales = np.array([0.0, 0.2, -0.1, 0.3])
 
-    def predict(self, atoms):
+    def predict(self, atoms, unknown_classes=False):
         probe = atoms.copy()
         probe.calc = EMT()
         forces = probe.get_forces()

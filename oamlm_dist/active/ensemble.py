@@ -151,14 +151,15 @@ class ForceEnsemble:
                                       weights, name=f"member{j}"))
         return cls(spec, models, {c: distinct_rows(f["X"]) for c, f in rows.items()})
 
-    def predict(self, atoms: Atoms) -> dict[str, np.ndarray]:
+    def predict(self, atoms: Atoms, unknown_classes: bool = False) -> dict[str, np.ndarray]:
         """Mean forces (n, 3), uncertainty δ (n,), member forces (M, n, 3) and ``support``
         (n,): the distinct training rows of each atom's class (-1 where unknown, e.g. a loaded
         ensemble).
 
         The structure is described once; every member predicts from the same rows. An atom
         of a class that a member has no model for (its resample missed the class) takes
-        the mean of the other members.
+        the mean of the other members. An atom of a class no member knows is an error, or
+        with ``unknown_classes`` gets zero forces and support 0.
         """
         frame = atoms.copy()
         frame.calc = None
@@ -174,7 +175,10 @@ class ForceEnsemble:
             for class_name, fields in rows.items():
                 support[fields["atom"]] = self.support.get(class_name, 0)
         missing = np.isnan(member_forces).all(axis=0).any(axis=1)
-        if missing.any():
+        if missing.any() and unknown_classes:
+            member_forces[:, missing] = 0.0
+            support[missing] = 0
+        elif missing.any():
             atom = int(np.flatnonzero(missing)[0])
             raise InputError(f"no ensemble member has a model for atom {atom} "
                              f"({atoms[atom].symbol}); train on frames that contain it")

@@ -127,13 +127,14 @@ class HybridState:
 
 
 def _check_describes(ensemble: ForceEnsemble, atoms: Atoms, name: str) -> None:
-    """Fail at once if the ensemble cannot describe the structure: otherwise every ML round
-    would halt unseen and the run silently become fine-only."""
+    """Fail at once if the ensemble cannot describe the structure (elements, scheme):
+    otherwise every ML round would halt unseen and the run silently become fine-only. Atoms
+    of classes it never saw are allowed: the gate counts them as uncertain."""
     probe = atoms.copy()
     probe.set_constraint()
     probe.calc = None
     try:
-        ensemble.predict(probe)
+        ensemble.predict(probe, unknown_classes=True)
     except OamlmError as exc:
         raise InputError(f"{name}: the uncertainty ensemble cannot describe this structure: "
                          f"{exc}") from exc

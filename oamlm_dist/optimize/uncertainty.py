@@ -10,8 +10,9 @@ nearby. So the uncertainty that matters is the ensemble's spread of those change
 zero at the fine point and growing as the round moves where the members disagree. The round
 halts at the first geometry where max δ_i over the free atoms exceeds the limit, and the
 fine calculation goes there: to the point the model is least sure of, not a fixed distance.
-An atom whose class had fewer than ``MIN_SUPPORT`` distinct training rows counts as
-uncertain whatever its δ: all bootstrap members then agree, however wrong they are.
+An atom whose class had fewer than ``MIN_SUPPORT`` distinct training rows (none: a class the
+ensemble never saw) counts as uncertain whatever its δ: all members then agree, however wrong
+they are.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class UncertaintyGate:
         probe.calc = None
         self.calls += 1
         try:
-            return self.ensemble.predict(probe)
+            return self.ensemble.predict(probe, unknown_classes=True)
         except OamlmError:
             return None
 
