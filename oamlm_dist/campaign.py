@@ -103,6 +103,14 @@ class OptimizeStage:
     max_uncertainty: float = 1.0  # eV/Å, ends an ML round with an ensemble
     out: str = "relax"
 
+    def hybrid_settings(self):
+        """The stage's :class:`~oamlm_dist.optimize.hybrid.HybridSettings`."""
+        from oamlm_dist.optimize.hybrid import HybridSettings
+
+        return HybridSettings(fmax=self.fmax, max_fine=self.max_fine,
+                              fine_timeout_s=self.fine_timeout_s, speculate=self.speculate,
+                              max_uncertainty=self.max_uncertainty)
+
 
 @dataclass
 class Campaign:
@@ -229,14 +237,19 @@ def load_campaign(path: str | os.PathLike) -> Campaign:
 
 def _check_optimize(path: Path, spec: OptimizeStage, store: str) -> None:
     """Settings the optimize stage would reject only after the earlier stages ran."""
-    if spec.fine_timeout_s is not None and not spec.fine_timeout_s > 0:
-        raise InputError(f"{path}: optimize.fine_timeout_s must be > 0, got {spec.fine_timeout_s}")
-    if not spec.max_uncertainty > 0:
-        raise InputError(f"{path}: optimize.max_uncertainty must be > 0 eV/Å, "
-                         f"got {spec.max_uncertainty}")
+    from oamlm_dist.active.ensemble import ensemble_members
+    from oamlm_dist.errors import StoreError
+
+    bad = spec.hybrid_settings().out_of_range()
+    if bad:
+        name, value, unit = bad
+        raise InputError(f"{path}: optimize.{name} must be > 0 {unit}, got {value}")
     if spec.ensemble:  # campaigns have no learn stage: the ensemble must be there already
-        members = Path(store) / "models" / f"{spec.ensemble}-m1"
-        if not members.is_dir():
+        try:
+            found = len(ensemble_members(Store.open(store), spec.ensemble)) >= 2
+        except StoreError:
+            found = False
+        if not found:
             raise InputError(f"{path}: optimize.ensemble {spec.ensemble!r}: no such ensemble "
                              f"in {store} (models/{spec.ensemble}-m<j>, written by learn)")
 
@@ -250,7 +263,6 @@ def run_campaign(campaign: Campaign, client, log=print) -> dict:
     from oamlm_dist.describe import describe
     from oamlm_dist.evaluate import evaluate
     from oamlm_dist.ingest import ingest
-    from oamlm_dist.optimize.hybrid import HybridSettings
     from oamlm_dist.optimize.run import optimize
     from oamlm_dist.sample import MDSettings, sample
     from oamlm_dist.training import FitSettings, fit
@@ -301,11 +313,7 @@ def run_campaign(campaign: Campaign, client, log=print) -> dict:
         elif stage == "optimize":
             model = campaign.fit.model if (spec.use_model and campaign.fit) else None
             results[stage] = optimize(spec.structures, campaign.store, client, spec.calculator,
-                                      spec.calc_params,
-                                      HybridSettings(fmax=spec.fmax, max_fine=spec.max_fine,
-                                                     fine_timeout_s=spec.fine_timeout_s,
-                                                     speculate=spec.speculate,
-                                                     max_uncertainty=spec.max_uncertainty),
+                                      spec.calc_params, spec.hybrid_settings(),
                                       model=model, out_dir=spec.out, ensemble=spec.ensemble)
         Store.open(campaign.store, mode="a").mark_done(_stage_key(campaign), stage)
     return results

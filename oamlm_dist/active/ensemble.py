@@ -213,16 +213,21 @@ class ForceEnsemble:
         """Members written by :meth:`save`."""
         store = store if isinstance(store, Store) else Store.open(store)
         members = []
-        while f"models/{name}-m{len(members)}" in store.root:
-            path = f"models/{name}-m{len(members)}"
-            attrs = store.root[path].attrs
-            classes = {c: load_class_model(store, f"{name}-m{len(members)}", c)
-                       for c in attrs["classes"]}
-            members.append(ForceModel(f"{name}-m{len(members)}",
-                                      DescriptorSpec.from_dict(attrs["spec"]), classes))
+        for member in ensemble_members(store, name):
+            attrs = store.root[f"models/{member}"].attrs
+            classes = {c: load_class_model(store, member, c) for c in attrs["classes"]}
+            members.append(ForceModel(member, DescriptorSpec.from_dict(attrs["spec"]), classes))
         if len(members) < 2:
             raise StoreError(f"{store.path}: no ensemble {name!r} (models {name}-m0, -m1, ...)")
         return cls(members[0].spec, members)
+
+
+def ensemble_members(store: Store, name: str) -> list[str]:
+    """The model names of ensemble ``name``'s members in the store: ``<name>-m0``, -m1, ..."""
+    members = []
+    while f"models/{name}-m{len(members)}" in store.root:
+        members.append(f"{name}-m{len(members)}")
+    return members
 
 
 class EnsembleForceField(Calculator):

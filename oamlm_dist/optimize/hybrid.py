@@ -67,6 +67,14 @@ class HybridSettings:
     # (the best of 0.1, 0.3 and 1 on xTB rings, benchmarks/hybrid_uncertainty.py)
     max_uncertainty: float = 1.0
 
+    def out_of_range(self) -> tuple[str, float, str] | None:
+        """The first setting that must be > 0 but is not: (field, value, unit), or None."""
+        for name, unit in (("fine_timeout_s", "s"), ("max_uncertainty", "eV/Å")):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                return name, value, unit
+        return None
+
 
 class CorrectedForceField(ForceField):
     """ML forces shifted by a constant per-atom correction: the fine-minus-ML residual at the

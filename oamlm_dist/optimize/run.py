@@ -17,6 +17,7 @@ from oamlm_dist.optimize.plots import plot_rounds
 from oamlm_dist.store import Store
 
 THIOLATE_ELEMENTS = {"Au", "S", "C", "H"}
+OPTIONS = {"fine_timeout_s": "--fine-timeout", "max_uncertainty": "--max-uncertainty"}
 
 
 def online_model(store: Store, model: str | None, atoms_list, scheme: str | None
@@ -41,11 +42,10 @@ def optimize(structures: list[str], store_path: str | os.PathLike, client, calcu
     """
     if not structures:
         raise InputError("optimize: give at least one structure file")
-    if settings.fine_timeout_s is not None and not settings.fine_timeout_s > 0:
-        raise InputError(f"optimize: --fine-timeout must be > 0 s, got {settings.fine_timeout_s}")
-    if ensemble and not settings.max_uncertainty > 0:
-        raise InputError(f"optimize: --max-uncertainty must be > 0 eV/Å, "
-                         f"got {settings.max_uncertainty}")
+    bad = settings.out_of_range()
+    if bad:
+        name, value, unit = bad
+        raise InputError(f"optimize: {OPTIONS[name]} must be > 0 {unit}, got {value}")
     loaded = []
     for path in structures:
         atoms = read_frames(path)[-1]
