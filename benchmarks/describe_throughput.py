@@ -1,10 +1,12 @@
 """Throughput of the ``describe`` stage on 1, 2 and 4 local Dask workers.
 
-A synthetic 1000-frame gold-thiolate trajectory (rattled Au_n(SCH3)_n rings, n = 5..8, with
-random forces) is written to a fresh store, split into a few segments. For each worker count a
-``local_cluster(n)`` and its Client are started first (start-up reported separately, not timed
-with the stage); then :func:`oamlm_dist.describe.describe` runs on a fresh copy of the store,
-so every run computes the full descriptor set. Peers, measured in the same process and run:
+A synthetic 1000-frame gold-thiolate trajectory with random forces -- rattled Au_n(SCH3)_n
+rings, n = 5..8, about 40 atoms a frame (``--system rings``, the default), or the rattled
+Au38(SCH3)24 cluster, 158 atoms a frame (``--system au38``) -- is written to a fresh store,
+split into a few segments. For each worker count a ``local_cluster(n)`` and its Client are
+started first (start-up reported separately, not timed with the stage); then
+:func:`oamlm_dist.describe.describe` runs on a fresh copy of the store, so every run computes
+the full descriptor set. Peers, measured in the same process and run:
 
 * ``dscribe_create``: ``SOAP(...).create(frames, n_jobs=1)`` on every atom of every frame --
   the pure DScribe cost;
@@ -12,7 +14,10 @@ so every run computes the full descriptor set. Peers, measured in the same proce
   no store and no Dask;
 * ``serial_blocks``: ``describe_block`` called block after block in this process -- the same
   work as one Dask task each, with the store reads and writes, but no Dask. Its tasks' own
-  timings give the per-block profile (reading frames, computing and writing rows, marker).
+  timings give the per-block profile (reading frames, computing and writing rows, marker);
+* ``process_pool`` (per worker count ``n``): the same blocks on ``n`` OS processes without Dask,
+  so that ``efficiency_vs_process_pool`` (its wall time over Dask's) is Dask's own overhead,
+  apart from what ``n`` busy cores cost each other (memory bandwidth, shared caches).
 
 Efficiency of ``n`` workers is ``rate_n / (n * rate_peer)``. Since the machine may be shared,
 CPU time is recorded too: the peers' process time and the Dask workers' (and scheduler's)
@@ -37,11 +42,13 @@ import argparse
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import shutil
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -67,20 +74,30 @@ from oamlm_dist.describe import (
 )
 from oamlm_dist.descriptors import SoapSettings, make_soap
 from oamlm_dist.store import FrameBatch, Store
-from oamlm_dist.structures import gold_thiolate_ring, rattle
+from oamlm_dist.structures import gold38_thiolate, gold_thiolate_ring, rattle
 
 SCHEME = "thiolate"
 NEIGHBOURS = 4
 TARGET_EFFICIENCY = 0.9
 
 
-def build_frames(n_frames: int, sizes: range, stdev: float, seed: int) -> list:
-    """Rattled gold-thiolate rings of random size with random forces (eV/Å) and energy."""
+RING_SIZES = range(5, 9)
+SYSTEMS = {
+    "rings": f"rattled Au_n(SCH3)_n rings, n={RING_SIZES.start}..{RING_SIZES.stop - 1}",
+    "au38": "rattled Au38(SCH3)24 (the relaxed cluster of oamlm_dist/data)",
+}
+
+
+def build_frames(system: str, n_frames: int, stdev: float, seed: int) -> list:
+    """Rattled copies of ``system``'s structures with random forces (eV/Å) and energy."""
     rng = np.random.default_rng(seed)
-    rings = {n: gold_thiolate_ring(n) for n in sizes}
+    if system == "rings":
+        structures = [gold_thiolate_ring(n) for n in RING_SIZES]
+    else:
+        structures = [gold38_thiolate()]
     frames = []
     for i in range(n_frames):
-        atoms = rattle(rings[int(rng.integers(sizes.start, sizes.stop))], stdev, seed + 1 + i)
+        atoms = rattle(structures[int(rng.integers(len(structures)))], stdev, seed + 1 + i)
         atoms.calc = SinglePointCalculator(atoms, energy=float(rng.normal()),
                                            forces=rng.normal(0.0, 1.0, size=(len(atoms), 3)))
         frames.append(atoms)
@@ -123,6 +140,18 @@ def serial_blocks(store_path: Path, spec: DescriptorSpec) -> list[dict]:
             for segment, block in plan_blocks(store, spec.block_frames)]
 
 
+def process_pool_blocks(pool: ProcessPoolExecutor, store_path: Path, spec: DescriptorSpec
+                        ) -> None:
+    """The stage's blocks as ``describe_block`` calls on a pool of OS processes: the same
+    work and parallelism as the Dask workers, without Dask."""
+    store = Store.open(store_path, mode="a")
+    name = prepare_set(store, spec)
+    pending = [pool.submit(describe_block, str(store_path), name, segment, block)
+               for segment, block in plan_blocks(store, spec.block_frames)]
+    for future in pending:
+        future.result()
+
+
 def block_profile(results: list[dict]) -> dict:
     """Mean wall time per block (ms) of the parts of ``describe_block``."""
     parts = ("read_s", "rows_s", "mark_s", "wall_s")
@@ -143,7 +172,7 @@ def task_seconds(stream: list[dict]) -> float:
                for part in task.get("startstops", ()) if part.get("action") == "compute")
 
 
-def warm_worker() -> int:
+def warm_worker(_=None) -> int:
     """Import what a describe task needs, so start-up is not charged to the first block."""
     import oamlm_dist.describe  # noqa: F401
 
@@ -160,6 +189,8 @@ def dscribe_in_worker(frames: list, settings: SoapSettings) -> tuple[float, floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--system", choices=sorted(SYSTEMS), default="rings",
+                        help="small rings (about 40 atoms per frame) or the Au38 cluster (158)")
     parser.add_argument("--frames", type=int, default=1000)
     parser.add_argument("--segments", type=int, default=4)
     parser.add_argument("--block-frames", type=int, default=250)
@@ -173,8 +204,7 @@ def main() -> None:
     load_start = os.getloadavg()
     t_begin = time.perf_counter()
 
-    sizes = range(5, 9)
-    frames, t_build, _ = timed(build_frames, args.frames, sizes, args.stdev, args.seed)
+    frames, t_build, _ = timed(build_frames, args.system, args.frames, args.stdev, args.seed)
     n_atoms = sum(len(a) for a in frames)
     workdir = Path(tempfile.mkdtemp(prefix="describe-throughput-"))
     try:
@@ -273,8 +303,17 @@ def main() -> None:
             finally:
                 client.close()
                 cluster.close()
+            pool_walls = []
+            with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+                list(pool.map(warm_worker, range(n)))
+                for repeat in range(args.repeats):
+                    path = fresh_copy(template, workdir, f"p{n}-r{repeat}")
+                    _, t, _ = timed(process_pool_blocks, pool, path, spec)
+                    pool_walls.append(t)
+                    shutil.rmtree(path)
             best = int(np.argmin(walls))
-            results[n] = {"cluster_start_s": t_start, "worker_warmup_s": t_warm,
+            results[n] = {"process_pool_s": min(pool_walls),
+                          "cluster_start_s": t_start, "worker_warmup_s": t_warm,
                           "task_s": busy[best], "worker_cpu_s": min(worker_cpu),
                           "scheduler_cpu_s": scheduler_cpu[best],
                           "dscribe_in_worker_s": min(w for w, _ in in_worker),
@@ -322,6 +361,9 @@ def main() -> None:
         }
         for key in peers:
             entry[f"efficiency_vs_{key}"] = round(rate / (n * peers[key]["rows_per_s"]), 3)
+        # n OS processes doing the same blocks: what is left is Dask's own overhead.
+        entry["process_pool_wall_s"] = round(res["process_pool_s"], 4)
+        entry["efficiency_vs_process_pool"] = round(res["process_pool_s"] / res["wall_s"], 3)
         for key in peers:
             entry[f"cpu_efficiency_vs_{key}"] = round(peers[key]["cpu_s"] / res["worker_cpu_s"],
                                                       3)
@@ -330,13 +372,14 @@ def main() -> None:
               f"{entry['efficiency_vs_dscribe_create']:.2f}, vs describe_frames "
               f"{entry['efficiency_vs_describe_frames']:.2f}, vs serial_blocks "
               f"{entry['efficiency_vs_serial_blocks']:.2f}; CPU efficiency vs dscribe_create "
-              f"{entry['cpu_efficiency_vs_dscribe_create']:.2f}; tasks busy "
+              f"{entry['cpu_efficiency_vs_dscribe_create']:.2f}; vs {n} processes without Dask "
+              f"{entry['efficiency_vs_process_pool']:.2f}; tasks busy "
               f"{entry['worker_busy_fraction']:.2f} of {n} x wall"
               + ("  (oversubscribed)" if n > cpu_count else ""))
 
     in_goal = [w for n, w in zip(results, workers_json.values(), strict=True) if n <= cpu_count]
     goal = {"target_efficiency": TARGET_EFFICIENCY, "applies_to_workers_up_to": cpu_count}
-    for key in peers:
+    for key in (*peers, "process_pool"):
         goal[f"met_vs_{key}"] = bool(in_goal) and all(
             w[f"efficiency_vs_{key}"] >= TARGET_EFFICIENCY for w in in_goal)
     load_end = os.getloadavg()
@@ -348,8 +391,8 @@ def main() -> None:
         "benchmark": "describe_throughput",
         "frames": args.frames,
         "frames_reduced": args.frames < 1000,
-        "structures": f"rattled Au_n(SCH3)_n rings, n={sizes.start}..{sizes.stop - 1}, "
-                      f"stdev {args.stdev} Å, random forces",
+        "system": args.system,
+        "structures": f"{SYSTEMS[args.system]}, stdev {args.stdev} Å, random forces",
         "rows": n_atoms,
         "segments": args.segments,
         "block_frames": args.block_frames,
