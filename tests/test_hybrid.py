@@ -90,15 +90,17 @@ class WrongModel:
         return {"forces": probe.get_forces()}
 
 
+@pytest.mark.parametrize("linear_residual", [False, True])
 def test_convergence_is_declared_only_by_a_fine_calculation(dask_client, bfgs_reference,
-                                                            monkeypatch):
+                                                            linear_residual):
     # The wrong model's forces are already below fmax everywhere: an optimiser that trusted
     # them would stop at once.
     start = start_structure()
     probe = start.copy()
     probe.calc = WrongForces()
     assert np.linalg.norm(probe.get_forces(), axis=1).max() < 0.05
-    optimizer = HybridOptimizer(start, WrongModel(), "emt", name="wrong")
+    settings = HybridSettings(linear_residual=linear_residual)
+    optimizer = HybridOptimizer(start, WrongModel(), "emt", settings=settings, name="wrong")
     result = optimize_many([optimizer], dask_client)[0]
     assert result["converged"]
     fine = start.copy()
@@ -106,8 +108,29 @@ def test_convergence_is_declared_only_by_a_fine_calculation(dask_client, bfgs_re
     fine.calc = EMT()
     assert np.linalg.norm(fine.get_forces(), axis=1).max() <= 0.05
     assert abs(result["energy"] - bfgs_reference[1]) < 2e-3
-    # Disagreeing predictions send it down the fine-BFGS path.
-    assert all(r["kind"] in ("start", "fine-bfgs") for r in optimizer.state.rounds)
+    kinds = [r["kind"] for r in optimizer.state.rounds]
+    if not linear_residual:
+        # Disagreeing predictions send it down the fine-BFGS path.
+        assert set(kinds) <= {"start", "fine-bfgs"}
+    else:
+        # The residual fitted to the fine points can make the surrogate agree, but not
+        # before it has learnt from a step between two fine points.
+        assert kinds[:2] == ["start", "fine-bfgs"]
+
+
+def test_the_surrogate_reproduces_the_fine_forces_at_the_previous_fine_point(dask_client):
+    """With the linear residual the surrogate anchored at a fine point also meets the fine
+    forces at the fine point before it (the secant condition), whatever the model."""
+    optimizer = HybridOptimizer(start_structure(), WrongModel(), "emt", name="secant")
+    optimize_many([optimizer], dask_client)
+    # The converged point is not learnt: the residual was last fitted to the two before it.
+    before, anchor = optimizer.points[-3], optimizer.points[-2]
+    probe = optimizer.atoms.copy()
+    probe.set_positions(before.positions)
+    probe.calc = optimizer._surrogate(anchor)
+    np.testing.assert_allclose(probe.get_forces(), before.forces, atol=1e-8)
+    probe.set_positions(anchor.positions)
+    np.testing.assert_allclose(probe.get_forces(), anchor.forces, atol=1e-8)
 
 
 def failing_on_third_call(atoms, calculator, params):

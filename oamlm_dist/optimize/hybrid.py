@@ -3,7 +3,10 @@
 Each round submits a fine single point at the current geometry as a Dask future
 (``resources={"dft": 1}``). While it runs, the client relaxes the structure further with
 the ML force field (speculation). When the fine result arrives it is stored, the online model
-learns from it, and the next geometry is chosen:
+learns from it, and the next geometry is chosen. ML rounds relax on a surrogate: the model
+plus the fine-minus-model residual at the latest fine point, which by default also varies
+linearly, fitted to the earlier fine points (:mod:`.residual`).
+
 
 * converged: the *fine* forces are below ``fmax`` (never the ML ones);
 * the ML prediction at this geometry agreed with the fine forces (weighted-average angle
@@ -39,6 +42,7 @@ from oamlm_dist.forcefield import ForceField
 from oamlm_dist.models.oamlm import weighted_angle_deg
 from oamlm_dist.optimize.mlbfgs import free_atoms, ml_bfgs
 from oamlm_dist.optimize.online import OnlineModel
+from oamlm_dist.optimize.residual import ResidualJacobian
 from oamlm_dist.optimize.uncertainty import UncertaintyGate
 from oamlm_dist.store import FrameBatch, Store, now_iso
 
@@ -66,6 +70,9 @@ class HybridSettings:
     # eV/Å; with an ensemble, an ML round halts where δ of the force changes exceeds this
     # (the best of 0.1, 0.3 and 1 on xTB rings, benchmarks/hybrid_uncertainty.py)
     max_uncertainty: float = 1.0
+    # the fine-minus-ML residual linear around the latest fine point, fitted to the previous
+    # fine points (see residual.py), instead of constant
+    linear_residual: bool = True
 
     def out_of_range(self) -> tuple[str, float, str] | None:
         """The first setting that must be > 0 but is not: (field, value, unit), or None."""
@@ -77,17 +84,24 @@ class HybridSettings:
 
 
 class CorrectedForceField(ForceField):
-    """ML forces shifted by a constant per-atom correction: the fine-minus-ML residual at the
-    latest fine point, so the surrogate reproduces the fine forces there exactly and the
-    model supplies only how forces change nearby."""
+    """ML forces plus the fine-minus-ML residual at a fine point (``anchor``), so the
+    surrogate reproduces the fine forces there exactly and the model supplies only how forces
+    change nearby; with a ``jacobian``, the residual also changes linearly away from the
+    anchor (:mod:`.residual`)."""
 
-    def __init__(self, model, correction: np.ndarray):
+    def __init__(self, model, correction: np.ndarray, anchor: np.ndarray,
+                 jacobian: ResidualJacobian | None = None):
         super().__init__(model)
         self.correction = correction
+        self.anchor = anchor
+        self.jacobian = jacobian
 
     def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        self.results["forces"] = self.results["forces"] + self.correction
+        forces = self.results["forces"] + self.correction
+        if self.jacobian is not None:
+            forces += self.jacobian.forces(self.atoms.get_positions() - self.anchor)
+        self.results["forces"] = forces
 
 
 class FineBFGS:
@@ -188,6 +202,8 @@ class HybridOptimizer:
         self.free = free_atoms(self.atoms)
         self.state = HybridState()
         self.fine_bfgs = FineBFGS(3 * int(self.free.sum()), self.settings.fine_maxstep)
+        self.residual = (ResidualJacobian(self.free) if self.settings.linear_residual
+                         else None)
         self.trust = self.settings.trust
         self.points: list[FinePoint] = []
         self.pending_kind = "start"
@@ -206,18 +222,19 @@ class HybridOptimizer:
         """Work done while the fine future at the current geometry runs: an ML round from it
         on the surrogate as it stands (corrected at the previous fine point). If the fine
         result then lets the model continue, the real round (corrected here) starts from
-        this geometry: the two surrogates differ by a constant force shift, so their minima
-        are close and most ML steps were taken while the fine calculation ran."""
+        this geometry: the two surrogates differ by a small, slowly varying force shift (the
+        residual's change between the two fine points), so their minima are close and most
+        ML steps were taken while the fine calculation ran."""
         self.speculative = None
         if not self.settings.speculate or not self.points or not self.model.ready:
             return
         x = self.atoms.get_positions()
-        correction = self._correction(self.points[-1])
-        if correction is None:
+        surrogate = self._surrogate(self.points[-1])
+        if surrogate is None:
             return
         # The trust radius the next round will have if this ML point is accepted.
         trust = self._grown_trust() if self.pending_kind == "ml" else self.trust
-        target, steps = self._relax(x, correction, x, trust, "ml-speculative")
+        target, steps = self._relax(x, surrogate, x, trust, "ml-speculative")
         self.speculative = target
         self.speculative_steps = steps
 
@@ -249,6 +266,7 @@ class HybridOptimizer:
             # e.g. a step broke a bond the atom-class scheme relies on: keep optimising on
             # fine forces, without learning from this geometry.
             self.state.rounds[-1]["not_learned"] = str(exc)
+        self._update_residual()
         best = min(self.points, key=lambda p: p.energy)
         if point.kind == "ml" and point.energy > best.energy + s.energy_tolerance:
             # The ML round went uphill: shrink the trust radius and step from the best point.
@@ -277,11 +295,11 @@ class HybridOptimizer:
     def _ml_round(self, point: FinePoint) -> np.ndarray:
         """ML-BFGS from a fine point on the corrected surrogate, inside the trust radius;
         started from the speculative geometry when there is one."""
-        correction = self._correction(point)
-        if correction is None:
+        surrogate = self._surrogate(point)
+        if surrogate is None:
             return point.positions
         start = point.positions if self.speculative is None else self.speculative
-        target, steps = self._relax(start, correction, point.positions, self.trust, "ml")
+        target, steps = self._relax(start, surrogate, point.positions, self.trust, "ml")
         self.state.rounds[-1].update({"ml_steps": steps,
                                       "speculative_steps": self.speculative_steps
                                       if self.speculative is not None else 0,
@@ -294,13 +312,31 @@ class HybridOptimizer:
         raw = self._ml_forces_at(point.positions)
         return None if raw is None else point.forces - raw
 
+    def _surrogate(self, point: FinePoint) -> CorrectedForceField | None:
+        """The force field an ML round relaxes on, anchored at a fine point."""
+        correction = self._correction(point)
+        if correction is None:
+            return None
+        return CorrectedForceField(self.model.model, correction, point.positions,
+                                   self.residual)
+
+    def _update_residual(self) -> None:
+        """Fit the linear residual to the step between the last two fine points, with the
+        model as it is now (it has just learnt the newer point)."""
+        if self.residual is None or len(self.points) < 2:
+            return
+        before, now = self.points[-2], self.points[-1]
+        r_before, r_now = self._correction(before), self._correction(now)
+        if r_before is not None and r_now is not None:
+            self.residual.update(now.positions - before.positions, r_now - r_before)
+
     def _grown_trust(self) -> float:
         """The trust radius after a good ML round."""
         return min(self.settings.trust_max, self.trust * 1.5)
 
-    def _relax(self, start: np.ndarray, correction: np.ndarray, centre: np.ndarray,
+    def _relax(self, start: np.ndarray, surrogate: CorrectedForceField, centre: np.ndarray,
                trust: float, kind: str) -> tuple[np.ndarray, int]:
-        """ML-BFGS on the corrected surrogate from ``start``, within ``trust`` around the
+        """ML-BFGS on the surrogate from ``start``, within ``trust`` around the
         fine point ``centre`` (and, with an ensemble, while its uncertainty of the force
         changes from ``centre`` stays below the limit); the geometry reached (kept in the
         trajectory as ``kind``) and the steps taken.
@@ -312,7 +348,7 @@ class HybridOptimizer:
         work = self.atoms.copy()
         work.set_constraint(self.atoms.constraints)
         work.set_positions(start, apply_constraint=False)
-        work.calc = CorrectedForceField(self.model.model, correction)
+        work.calc = surrogate
         self.last_gate = {}
         gate = None if self.ensemble is None else UncertaintyGate(
             self.ensemble, work, centre, self.free, s.max_uncertainty)
@@ -367,6 +403,8 @@ class HybridOptimizer:
             if before is None:
                 return {"agree": False, "angle_deg": None, "norm_error": None}
             ml, fine = ml - before, fine - previous.forces
+            if self.residual is not None:
+                ml = ml + self.residual.forces(point.positions - previous.positions)
         ml, fine = ml[self.free], fine[self.free]
         angle = float(weighted_angle_deg(ml, fine))
         fine_max = np.linalg.norm(fine, axis=1).max(initial=0.0)
