@@ -3,9 +3,8 @@
 A synthetic 1000-frame gold-thiolate trajectory with random forces -- the rattled
 Au38(SCH3)24 cluster, 158 atoms a frame (``--system au38``, the default), or rattled
 Au_n(SCH3)_n rings, n = 5..8, about 40 atoms a frame (``--system rings``) -- is written to a
-fresh store,
-split into a few segments. For each worker count a ``local_cluster(n)`` and its Client are
-started first (start-up reported separately, not timed with the stage); then
+fresh store, split into a few segments. For each worker count a ``local_cluster(n)`` and its
+Client are started first (start-up reported separately, not timed with the stage); then
 :func:`oamlm_dist.describe.describe` runs on a fresh copy of the store, so every run computes
 the full descriptor set. Peers, measured in the same process and run:
 
