@@ -267,6 +267,57 @@ def test_speculation_relaxes_while_the_fine_calculation_runs(dask_client):
     assert after and max(after) > 1, waiting.state.rounds
 
 
+class ScaledEMTModel:
+    """A fixed 'model': EMT forces times ``scale`` (1: the fine calculator itself)."""
+
+    ready = True
+
+    def __init__(self, scale: float):
+        self.model = self
+        self.scale = scale
+
+    def add(self, frames, weight=1.0):
+        pass
+
+    def predict(self, atoms, method=None):
+        probe = atoms.copy()
+        probe.calc = EMT()
+        return {"forces": self.scale * probe.get_forces()}
+
+
+def test_a_perfect_model_predicts_the_fine_energy_change(dask_client, bfgs_reference):
+    """With the fine calculator as the model, the surrogate's predicted energy change (the
+    work of its forces) matches the fine one: every round keeps or grows the radius."""
+    optimizer = HybridOptimizer(start_structure(), ScaledEMTModel(1.0), "emt", name="perfect")
+    result = optimize_many([optimizer], dask_client)[0]
+    assert result["converged"]
+    ratios = [r["rho"] for r in optimizer.state.rounds if "rho" in r]
+    assert ratios and min(ratios) > 0.75, optimizer.state.rounds
+    radii = [r["trust"] for r in optimizer.state.rounds]
+    assert radii == sorted(radii)
+    assert result["fine_calls"] * 3 < bfgs_reference[0]
+
+
+def test_an_uphill_round_is_retried_from_the_best_point_on_half_the_radius(dask_client):
+    """A model with a third of the true forces overshoots on a wide radius: the round goes
+    uphill, and the next geometry is a new ML round from the best point so far, within half
+    the radius, with no fine call in between."""
+    settings = HybridSettings(trust=0.8)
+    optimizer = HybridOptimizer(start_structure(), ScaledEMTModel(0.3), "emt",
+                                settings=settings, name="overshoot")
+    optimize_many([optimizer], dask_client)
+    points, rounds = optimizer.points, optimizer.state.rounds
+    uphill = next(i for i, p in enumerate(points) if p.kind == "ml" and p.energy >
+                  min(q.energy for q in points[:i]) + settings.energy_tolerance)
+    assert rounds[uphill]["trust"] > settings.trust_min and rounds[uphill]["rho"] < 0
+    best = min(points[:uphill], key=lambda p: p.energy)
+    retry = points[uphill + 1]
+    assert retry.kind == "ml"
+    assert rounds[uphill + 1]["trust"] == rounds[uphill]["trust"] / 2
+    displacement = np.linalg.norm(retry.positions - best.positions, axis=1).max()
+    assert displacement <= rounds[uphill]["trust"] / 2 + 1e-9
+
+
 class ScaledEMTEnsemble:
     """An analytic 'ensemble': member j predicts (1 + a_j) x EMT forces. The spread of its
     force changes from a reference x0 is then 2.58 * std(a) * |F_EMT(x) - F_EMT(x0)| per

@@ -9,12 +9,15 @@ linearly, fitted to the earlier fine points (:mod:`.residual`).
 
 
 * converged: the *fine* forces are below ``fmax`` (never the ML ones);
+* the fine energy rose after an ML round: the round is rejected and a new one starts from
+  the best point on half the trust radius (its fine forces are known: no fine call is
+  needed); at the smallest radius, a fine BFGS step from the best point instead;
 * the ML prediction at this geometry agreed with the fine forces (weighted-average angle
   below ``agree_deg`` and norms within ``agree_norm``): continue from the speculative ML
-  relaxation, inside a trust radius that grows after good rounds;
-* otherwise, or when the fine energy rose after an ML round: a BFGS step on the fine forces
-  (from the best point so far if the energy rose), with a Hessian updated by every fine
-  result. In the worst case this is plain fine BFGS plus the rejected rounds.
+  relaxation, inside a trust radius set by how well the surrogate predicted the fine energy
+  change (:mod:`.trust`);
+* otherwise: a BFGS step on the fine forces, with a Hessian updated by every fine result.
+  In the worst case this is plain fine BFGS plus the rejected rounds.
 
 With a bootstrap ensemble (``ensemble=``), an ML round also ends where the ensemble's
 uncertainty of the surrogate exceeds ``max_uncertainty`` (:mod:`.uncertainty`): the
@@ -43,6 +46,7 @@ from oamlm_dist.models.oamlm import weighted_angle_deg
 from oamlm_dist.optimize.mlbfgs import free_atoms, ml_bfgs
 from oamlm_dist.optimize.online import OnlineModel
 from oamlm_dist.optimize.residual import ResidualJacobian
+from oamlm_dist.optimize.trust import TrustRegion, reduction_ratio, surrogate_energy_change
 from oamlm_dist.optimize.uncertainty import UncertaintyGate
 from oamlm_dist.store import FrameBatch, Store, now_iso
 
@@ -204,7 +208,11 @@ class HybridOptimizer:
         self.fine_bfgs = FineBFGS(3 * int(self.free.sum()), self.settings.fine_maxstep)
         self.residual = (ResidualJacobian(self.free) if self.settings.linear_residual
                          else None)
-        self.trust = self.settings.trust
+        self.trust = TrustRegion(self.settings.trust, self.settings.trust_min,
+                                 self.settings.trust_max)
+        # the latest ML round: the fine point it started from, the surrogate's energy change
+        self.ml_anchor: FinePoint | None = None
+        self.ml_predicted = 0.0
         self.points: list[FinePoint] = []
         self.pending_kind = "start"
         # ML relaxation done while the current fine future runs (see speculate)
@@ -233,8 +241,8 @@ class HybridOptimizer:
         if surrogate is None:
             return
         # The trust radius the next round will have if this ML point is accepted.
-        trust = self._grown_trust() if self.pending_kind == "ml" else self.trust
-        target, steps = self._relax(x, surrogate, x, trust, "ml-speculative")
+        trust = self.trust.grown() if self.pending_kind == "ml" else self.trust.radius
+        target, steps, _ = self._relax(x, surrogate, x, trust, "ml-speculative")
         self.speculative = target
         self.speculative_steps = steps
 
@@ -252,7 +260,7 @@ class HybridOptimizer:
         self._record_fine(point, result)
         self.state.rounds.append({"fine_call": self.state.fine_calls, "kind": point.kind,
                                   "energy": point.energy, "fmax": fmax, **agreement,
-                                  "trust": self.trust})
+                                  "trust": self.trust.radius})
         if fmax <= s.fmax:
             self.state.converged = True
             return None
@@ -268,21 +276,42 @@ class HybridOptimizer:
             self.state.rounds[-1]["not_learned"] = str(exc)
         self._update_residual()
         best = min(self.points, key=lambda p: p.energy)
-        if point.kind == "ml" and point.energy > best.energy + s.energy_tolerance:
-            # The ML round went uphill: shrink the trust radius and step from the best point.
-            self.trust = max(s.trust_min, self.trust / 2)
-            return self._fine_step(best, "backtrack")
         if point.kind == "ml":
-            self.trust = self._grown_trust()
+            anchor = self.ml_anchor
+            rho = reduction_ratio(point.energy - anchor.energy, self.ml_predicted)
+            self.state.rounds[-1]["rho"] = rho
+            if point.energy > best.energy + s.energy_tolerance:
+                return self._retry_or_backtrack(best)
+            step = np.linalg.norm(point.positions - anchor.positions, axis=1).max()
+            self.trust.update(rho, float(step))
         if agreement["agree"] and self.model.ready:
-            target = self._ml_round(point)
-            if np.abs(target - x).max() > 1e-6:
-                self.pending_kind = "ml"
-                self.atoms.set_positions(target, apply_constraint=False)
+            target = self._ml_move(point)
+            if target is not None:
                 return target
         return self._fine_step(point, "fine-bfgs")
 
     # ---- pieces ---------------------------------------------------------------------------
+    def _retry_or_backtrack(self, best: FinePoint) -> np.ndarray:
+        """After an ML round that went uphill: a new round from the best point on half the
+        radius, or, when the radius was already the smallest, a fine BFGS step from it."""
+        at_floor = self.trust.at_floor
+        self.trust.shrink()
+        if not at_floor:
+            self.speculative = None  # it was relaxed from the rejected point
+            target = self._ml_move(best)
+            if target is not None:
+                return target
+        return self._fine_step(best, "backtrack")
+
+    def _ml_move(self, point: FinePoint) -> np.ndarray | None:
+        """Go to the end of an ML round from ``point`` (None: the round did not move)."""
+        target = self._ml_round(point)
+        if np.abs(target - point.positions).max() <= 1e-6:
+            return None
+        self.pending_kind = "ml"
+        self.atoms.set_positions(target, apply_constraint=False)
+        return target
+
     def _fine_step(self, point: FinePoint, kind: str) -> np.ndarray:
         x = point.positions.copy()
         dx = self.fine_bfgs.step(point.forces[self.free].ravel())
@@ -299,7 +328,13 @@ class HybridOptimizer:
         if surrogate is None:
             return point.positions
         start = point.positions if self.speculative is None else self.speculative
-        target, steps = self._relax(start, surrogate, point.positions, self.trust, "ml")
+        target, steps, end_forces = self._relax(start, surrogate, point.positions,
+                                                self.trust.radius, "ml")
+        if end_forces is not None:
+            self.ml_anchor = point
+            self.ml_predicted = surrogate_energy_change(
+                point.forces[self.free], end_forces[self.free],
+                (target - point.positions)[self.free])
         self.state.rounds[-1].update({"ml_steps": steps,
                                       "speculative_steps": self.speculative_steps
                                       if self.speculative is not None else 0,
@@ -330,16 +365,13 @@ class HybridOptimizer:
         if r_before is not None and r_now is not None:
             self.residual.update(now.positions - before.positions, r_now - r_before)
 
-    def _grown_trust(self) -> float:
-        """The trust radius after a good ML round."""
-        return min(self.settings.trust_max, self.trust * 1.5)
-
     def _relax(self, start: np.ndarray, surrogate: CorrectedForceField, centre: np.ndarray,
-               trust: float, kind: str) -> tuple[np.ndarray, int]:
+               trust: float, kind: str) -> tuple[np.ndarray, int, np.ndarray | None]:
         """ML-BFGS on the surrogate from ``start``, within ``trust`` around the
         fine point ``centre`` (and, with an ensemble, while its uncertainty of the force
         changes from ``centre`` stays below the limit); the geometry reached (kept in the
-        trajectory as ``kind``) and the steps taken.
+        trajectory as ``kind``), the steps taken and the surrogate forces there (None: the
+        model could not describe the structure).
 
         A speculative round is gated from the geometry whose fine result is pending: the
         real round after it is corrected there.
@@ -362,18 +394,19 @@ class HybridOptimizer:
                              maxstep=s.ml_maxstep, reset_every=s.reset_every,
                              max_displacement=trust, centre=centre, halt=gate)
         except OamlmError:
-            return centre, 0  # the model cannot describe this structure: no ML move
+            return centre, 0, None  # the model cannot describe this structure: no ML move
         finally:
             self.state.ensemble_calls += 0 if gate is None else gate.calls
         self.state.ml_calls += result["force_calls"]
         if gate is not None:
             self.last_gate = {"halted": result["halted"], "uncertainty": gate.largest}
+        forces = work.get_forces()
         snapshot = work.copy()
-        snapshot.calc = SinglePointCalculator(snapshot, forces=work.get_forces())
+        snapshot.calc = SinglePointCalculator(snapshot, forces=forces)
         snapshot.info.update({"kind": kind, "fine_call": self.state.fine_calls,
                               "ml_steps": result["steps"]})
         self.frames.append(snapshot)
-        return work.get_positions(), result["steps"]
+        return work.get_positions(), result["steps"], forces
 
     def _ml_forces_at(self, x: np.ndarray) -> np.ndarray | None:
         if not self.model.ready:
