@@ -24,15 +24,14 @@ import argparse
 import json
 import time
 
-import numpy as np
 from ase.optimize import BFGS
-from hybrid import FMAX, run_peer, versus_bfgs, xtb_minimum
+from hybrid import FMAX, run_peer, versus_bfgs
+from hybrid_uncertainty import mean_ratios, ring_start
 from machine import machine_facts
 
 from oamlm_dist.calculators import make_calculator
 from oamlm_dist.cluster import get_client
 from oamlm_dist.optimize.hybrid import HybridOptimizer, HybridSettings, optimize_many
-from oamlm_dist.structures import gold_thiolate_ring, rattle
 
 MODELS = {"exact": ({}, 1.0), "scaled_0.9": ({}, 0.9), "scaled_0.7": ({}, 0.7),
           "gfn1": ({"method": "GFN1-xTB"}, 1.0)}
@@ -68,8 +67,7 @@ def main() -> dict:
     with get_client() as client:
         for n in (int(v) for v in args.rings.split(",")):
             name = f"ring-Au{n}"
-            # the seeds of hybrid_uncertainty.py's default rings 4, 5, 6, whatever --rings is
-            start = rattle(xtb_minimum(gold_thiolate_ring(n)), 0.15, seed=6 + n)
+            start = ring_start(n)
             row = {"BFGS": run_peer(BFGS, start)}
             for label in labels:
                 optimizer = HybridOptimizer(start, CalculatorModel(*MODELS[label]), "xtb", {},
@@ -84,9 +82,7 @@ def main() -> dict:
             print(name, json.dumps({k: (v["fine_calls"], v["energy_minus_bfgs_meV"])
                                     for k, v in row.items()}), flush=True)
     summary = {"benchmark": "hybrid_model_accuracy", "fmax": FMAX, "systems": results,
-               "mean_ratio_vs_bfgs": {k: round(float(np.mean(
-                   [r[k]["fine_call_ratio_vs_bfgs"] for r in results.values()])), 2)
-                   for k in labels},
+               "mean_ratio_vs_bfgs": mean_ratios(results, labels),
                "wall_s": round(time.perf_counter() - started, 1), **machine_facts()}
     print(json.dumps(summary))
     return summary

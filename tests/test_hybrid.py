@@ -226,16 +226,16 @@ def test_fine_bfgs_takes_the_steps_of_ase_bfgs():
     assert np.allclose(np.array(positions), np.array(reference[:7]), atol=1e-10)
 
 
-class ShiftedEMTModel:
-    """A fixed 'model' (it never learns): EMT forces plus a constant per-atom offset. Its
-    correction at every fine point is minus that offset, so the surrogate a speculative
-    round relaxes on equals the one of the round after the fine result."""
+class EMTModel:
+    """A fixed 'model' (it never learns): EMT forces times ``scale`` plus a per-atom
+    ``offset`` (scale 1, no offset: the fine calculator itself)."""
 
     ready = True
 
-    def __init__(self, n_atoms: int):
+    def __init__(self, scale: float = 1.0, offset: np.ndarray | float = 0.0):
         self.model = self
-        self.offset = np.random.default_rng(7).normal(0.0, 0.3, (n_atoms, 3))
+        self.scale = scale
+        self.offset = offset
 
     def add(self, frames, weight=1.0):
         pass
@@ -243,7 +243,14 @@ class ShiftedEMTModel:
     def predict(self, atoms, method=None):
         probe = atoms.copy()
         probe.calc = EMT()
-        return {"forces": probe.get_forces() + self.offset}
+        return {"forces": self.scale * probe.get_forces() + self.offset}
+
+
+def shifted_emt_model(n_atoms: int) -> EMTModel:
+    """EMT plus a constant per-atom offset. Its correction at every fine point is minus that
+    offset, so the surrogate a speculative round relaxes on equals the one of the round
+    after the fine result."""
+    return EMTModel(offset=np.random.default_rng(7).normal(0.0, 0.3, (n_atoms, 3)))
 
 
 def test_speculation_relaxes_while_the_fine_calculation_runs(dask_client):
@@ -252,9 +259,9 @@ def test_speculation_relaxes_while_the_fine_calculation_runs(dask_client):
     nothing left to do. Without speculation the same rounds take their steps after the
     result; both end in the same minimum."""
     start = start_structure()
-    speculating = HybridOptimizer(start, ShiftedEMTModel(len(start)), "emt", name="ahead")
+    speculating = HybridOptimizer(start, shifted_emt_model(len(start)), "emt", name="ahead")
     with_speculation = optimize_many([speculating], dask_client)[0]
-    waiting = HybridOptimizer(start, ShiftedEMTModel(len(start)), "emt", name="waiting",
+    waiting = HybridOptimizer(start, shifted_emt_model(len(start)), "emt", name="waiting",
                               settings=HybridSettings(speculate=False))
     without = optimize_many([waiting], dask_client)[0]
 
@@ -267,28 +274,10 @@ def test_speculation_relaxes_while_the_fine_calculation_runs(dask_client):
     assert after and max(after) > 1, waiting.state.rounds
 
 
-class ScaledEMTModel:
-    """A fixed 'model': EMT forces times ``scale`` (1: the fine calculator itself)."""
-
-    ready = True
-
-    def __init__(self, scale: float):
-        self.model = self
-        self.scale = scale
-
-    def add(self, frames, weight=1.0):
-        pass
-
-    def predict(self, atoms, method=None):
-        probe = atoms.copy()
-        probe.calc = EMT()
-        return {"forces": self.scale * probe.get_forces()}
-
-
 def test_a_perfect_model_predicts_the_fine_energy_change(dask_client, bfgs_reference):
     """With the fine calculator as the model, the surrogate's predicted energy change (the
     work of its forces) matches the fine one: every round keeps or grows the radius."""
-    optimizer = HybridOptimizer(start_structure(), ScaledEMTModel(1.0), "emt", name="perfect")
+    optimizer = HybridOptimizer(start_structure(), EMTModel(), "emt", name="perfect")
     result = optimize_many([optimizer], dask_client)[0]
     assert result["converged"]
     ratios = [r["rho"] for r in optimizer.state.rounds if "rho" in r]
@@ -303,7 +292,7 @@ def test_an_uphill_round_is_retried_from_the_best_point_on_half_the_radius(dask_
     uphill, and the next geometry is a new ML round from the best point so far, within half
     the radius, with no fine call in between."""
     settings = HybridSettings(trust=0.8)
-    optimizer = HybridOptimizer(start_structure(), ScaledEMTModel(0.3), "emt",
+    optimizer = HybridOptimizer(start_structure(), EMTModel(scale=0.3), "emt",
                                 settings=settings, name="overshoot")
     optimize_many([optimizer], dask_client)
     points, rounds = optimizer.points, optimizer.state.rounds
@@ -375,7 +364,7 @@ def test_ensemble_uncertainty_decides_when_the_fine_calculator_is_called(dask_cl
     limit = 0.05
     runs = {}
     for label, ensemble in (("plain", None), ("gated", ScaledEMTEnsemble())):
-        optimizer = HybridOptimizer(start, ShiftedEMTModel(len(start)), "emt", name=label,
+        optimizer = HybridOptimizer(start, shifted_emt_model(len(start)), "emt", name=label,
                                     settings=HybridSettings(speculate=speculate,
                                                             max_uncertainty=limit),
                                     ensemble=ensemble)
