@@ -98,6 +98,7 @@ class OptimizeStage:
     max_fine: int = 100
     fine_timeout_s: float | None = None
     speculate: bool = True
+    fine_gp: bool = True  # GPMin steps on fine results (False: BFGS)
     use_model: bool = True
     ensemble: str | None = None  # bootstrap ensemble of the store (from learn)
     max_uncertainty: float = 1.0  # eV/Å, ends an ML round with an ensemble
@@ -109,7 +110,7 @@ class OptimizeStage:
 
         return HybridSettings(fmax=self.fmax, max_fine=self.max_fine,
                               fine_timeout_s=self.fine_timeout_s, speculate=self.speculate,
-                              max_uncertainty=self.max_uncertainty)
+                              fine_gp=self.fine_gp, max_uncertainty=self.max_uncertainty)
 
 
 @dataclass

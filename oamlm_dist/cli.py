@@ -107,7 +107,7 @@ def _cmd_optimize(args: argparse.Namespace) -> None:
     gate = {} if args.max_uncertainty is None else {"max_uncertainty": args.max_uncertainty}
     settings = HybridSettings(fmax=args.fmax, max_fine=args.max_fine, ml_maxstep=args.maxstep,
                               fine_timeout_s=args.fine_timeout, speculate=args.speculate,
-                              **gate)
+                              fine_gp=args.fine_gp, **gate)
     with get_client(args.scheduler, n_workers=args.workers) as client:
         results = optimize(args.structures, args.store, client, args.calculator,
                            _parse_params(args.calc_param), settings, model=args.model,
@@ -360,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--maxstep", type=float, default=0.1, help="ML-BFGS step cap (Å)")
     p.add_argument("--no-speculate", dest="speculate", action="store_false",
                    help="do not relax on the ML model while a fine calculation runs")
+    p.add_argument("--fine-bfgs", dest="fine_gp", action="store_false",
+                   help="BFGS steps on fine results where the model disagrees (default: "
+                        "GPMin's, whose memory grows with the fine calls)")
     p.add_argument("--fine-timeout", type=float, default=None, metavar="SECONDS",
                    help="a fine calculation running longer counts as failed (default: none)")
     p.add_argument("--scheme", choices=["thiolate", "element"], default=None,

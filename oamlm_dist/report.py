@@ -22,7 +22,7 @@ from oamlm_dist.errors import InputError
 from oamlm_dist.store import Store, now_iso, version_in_force
 
 MAX_SEGMENT_ROWS = 50
-REACHED_ORDER = ("start", "ml", "fine-bfgs", "backtrack")
+REACHED_ORDER = ("start", "ml", "fine-step", "backtrack")
 
 
 # ---- collecting ----------------------------------------------------------------------------
@@ -382,8 +382,8 @@ def _optimisation_lines(runs: list[dict], base: Path, fmax_target: float | None)
         return lines + ["No fine calculations in this store.", ""]
     lines += ["Energies and fmax (eV/Å, over all atoms) of the last fine calculation; "
               "*reached by* counts how each fine geometry was reached: `start`, `ml` (an ML-BFGS "
-              "round), `fine-bfgs` (a BFGS step on fine forces) or `backtrack` (a step from the "
-              "best point after an uphill ML round).", ""]
+              "round), `fine-step` (a GPMin or BFGS step on the fine results) or `backtrack` "
+              "(a step from the best point after an uphill ML round).", ""]
     header = "| optimisation | calculator | fine calls | final energy (eV) | final fmax | " \
              "best energy (eV) | reached by |"
     if fmax_target is not None:

@@ -14,7 +14,7 @@ from distributed import Client, LocalCluster
 from oamlm_dist.descriptors import SoapSettings
 from oamlm_dist.errors import InputError, SCFConvergenceError
 from oamlm_dist.optimize import hybrid
-from oamlm_dist.optimize.hybrid import FineBFGS, HybridOptimizer, HybridSettings, optimize_many
+from oamlm_dist.optimize.hybrid import HybridOptimizer, HybridSettings, optimize_many
 from oamlm_dist.optimize.hybrid import fine_single_point as real_single_point
 from oamlm_dist.optimize.mlbfgs import ml_bfgs
 from oamlm_dist.optimize.online import OnlineModel
@@ -110,12 +110,12 @@ def test_convergence_is_declared_only_by_a_fine_calculation(dask_client, bfgs_re
     assert abs(result["energy"] - bfgs_reference[1]) < 2e-3
     kinds = [r["kind"] for r in optimizer.state.rounds]
     if not linear_residual:
-        # Disagreeing predictions send it down the fine-BFGS path.
-        assert set(kinds) <= {"start", "fine-bfgs"}
+        # Disagreeing predictions send it down the fine-step path.
+        assert set(kinds) <= {"start", "fine-step"}
     else:
         # The residual fitted to the fine points can make the surrogate agree, but not
         # before it has learnt from a step between two fine points.
-        assert kinds[:2] == ["start", "fine-bfgs"]
+        assert kinds[:2] == ["start", "fine-step"]
 
 
 def test_the_surrogate_reproduces_the_fine_forces_at_the_previous_fine_point(dask_client):
@@ -207,25 +207,6 @@ def test_ml_bfgs_halts_at_the_first_step_the_test_rejects():
     np.testing.assert_array_equal(atoms.positions, seen[-1])
 
 
-def test_fine_bfgs_takes_the_steps_of_ase_bfgs():
-    atoms = start_structure()
-    atoms.calc = EMT()
-    reference = []
-    optimizer = BFGS(atoms, logfile=None)
-    optimizer.attach(lambda: reference.append(atoms.get_positions().copy()))
-    optimizer.run(fmax=0.05, steps=6)
-    mine = FineBFGS(3 * len(atoms), maxstep=optimizer.maxstep)
-    probe = start_structure()
-    probe.calc = EMT()
-    positions = [probe.get_positions().copy()]
-    for _ in range(6):
-        x, f = probe.get_positions().ravel(), probe.get_forces().ravel()
-        mine.update(x, f)
-        probe.set_positions((x + mine.step(f)).reshape(-1, 3))
-        positions.append(probe.get_positions().copy())
-    assert np.allclose(np.array(positions), np.array(reference[:7]), atol=1e-10)
-
-
 class EMTModel:
     """A fixed 'model' (it never learns): EMT forces times ``scale`` plus a per-atom
     ``offset`` (scale 1, no offset: the fine calculator itself)."""
@@ -305,6 +286,22 @@ def test_an_uphill_round_is_retried_from_the_best_point_on_half_the_radius(dask_
     assert rounds[uphill + 1]["trust"] == rounds[uphill]["trust"] / 2
     displacement = np.linalg.norm(retry.positions - best.positions, axis=1).max()
     assert displacement <= rounds[uphill]["trust"] / 2 + 1e-9
+
+
+def test_after_repeated_uphill_rounds_at_the_smallest_radius_fine_steps_finish(dask_client):
+    """A model with a third of the true forces, held at the smallest radius, goes uphill
+    near the minimum: after the second such round no more ML rounds are tried (without the
+    limit they are)."""
+    kinds = {}
+    for limit in (2, None):
+        settings = HybridSettings(fmax=0.01, trust=0.05, trust_min=0.05, floor_failures=limit)
+        optimizer = HybridOptimizer(start_structure(), EMTModel(scale=0.3), "emt",
+                                    settings=settings, name=f"floor-{limit}")
+        assert optimize_many([optimizer], dask_client)[0]["converged"]
+        kinds[limit] = [p.kind for p in optimizer.points]
+    for limit, sequence in kinds.items():
+        second = [i for i, kind in enumerate(sequence) if kind == "backtrack"][1]
+        assert ("ml" in sequence[second:]) is (limit is None)
 
 
 class ScaledEMTEnsemble:
@@ -423,3 +420,26 @@ def test_max_uncertainty_without_an_ensemble_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "needs --ensemble" in err
     assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.parametrize("flags", [[], ["--fine-bfgs"]])
+def test_a_cold_start_steps_first_like_gpmin_or_with_fine_bfgs_like_bfgs(
+        tmp_path, flags):
+    """A cold model cannot predict the first fine point, so the second geometry is a step on
+    fine results alone: the first step ASE's GPMin (default) or BFGS takes from the start."""
+    from ase.io import read, write
+    from ase.optimize import GPMin
+
+    from oamlm_dist.cli import main
+
+    start = start_structure()
+    write(tmp_path / "start.extxyz", start)
+    code = main(["optimize", str(tmp_path / "start.extxyz"), "--store", str(tmp_path / "s.zarr"),
+                 "--calculator", "emt", "--max-fine", "2", "--out", str(tmp_path),
+                 "--workers", "1", *flags])
+    assert code == 0
+    fine = [a for a in read(tmp_path / "start-hybrid.traj", ":") if a.info["kind"] == "fine"]
+    reference = start.copy()
+    reference.calc = EMT()
+    (GPMin if not flags else BFGS)(reference, logfile=None).run(fmax=0.05, steps=1)
+    np.testing.assert_allclose(fine[1].positions, reference.positions, atol=1e-6)

@@ -5,19 +5,21 @@ Each round submits a fine single point at the current geometry as a Dask future
 the ML force field (speculation). When the fine result arrives it is stored, the online model
 learns from it, and the next geometry is chosen. ML rounds relax on a surrogate: the model
 plus the fine-minus-model residual at the latest fine point, which by default also varies
-linearly, fitted to the earlier fine points (:mod:`.residual`).
-
+linearly, fitted to the earlier fine points (:mod:`.residual`). After a fine result:
 
 * converged: the *fine* forces are below ``fmax`` (never the ML ones);
 * the fine energy rose after an ML round: the round is rejected and a new one starts from
   the best point on half the trust radius (its fine forces are known: no fine call is
-  needed); at the smallest radius, a fine BFGS step from the best point instead;
+  needed); at the smallest radius, a fine step from the best point instead;
 * the ML prediction at this geometry agreed with the fine forces (weighted-average angle
   below ``agree_deg`` and norms within ``agree_norm``): continue from the speculative ML
   relaxation, inside a trust radius set by how well the surrogate predicted the fine energy
   change (:mod:`.trust`);
-* otherwise: a BFGS step on the fine forces, with a Hessian updated by every fine result.
-  In the worst case this is plain fine BFGS plus the rejected rounds.
+* after ``floor_failures`` uphill rounds at the smallest radius, the model's force changes
+  are too coarse near this minimum: the run is finished on fine steps;
+* otherwise: a step on the fine results alone (:mod:`.finesteps`): by default GPMin's, from
+  the best point on a Gaussian process fitted to every fine energy and force so far; or
+  BFGS's. In the worst case this is the plain fine optimiser plus the rejected rounds.
 
 With a bootstrap ensemble (``ensemble=``), an ML round also ends where the ensemble's
 uncertainty of the surrogate exceeds ``max_uncertainty`` (:mod:`.uncertainty`): the
@@ -43,6 +45,7 @@ from oamlm_dist.cluster import FINE_RESOURCE
 from oamlm_dist.errors import FineCalculationError, InputError, OamlmError
 from oamlm_dist.forcefield import ForceField
 from oamlm_dist.models.oamlm import weighted_angle_deg
+from oamlm_dist.optimize.finesteps import FineBFGS, FineGP
 from oamlm_dist.optimize.mlbfgs import free_atoms, ml_bfgs
 from oamlm_dist.optimize.online import OnlineModel
 from oamlm_dist.optimize.residual import ResidualJacobian
@@ -61,7 +64,7 @@ class HybridSettings:
     trust: float = 0.25  # Å, initial trust radius of an ML round
     trust_min: float = 0.05
     trust_max: float = 0.8
-    fine_maxstep: float = 0.2  # Å, BFGS step cap on fine forces (ASE's default)
+    fine_maxstep: float = 0.2  # Å, step cap of fine BFGS steps (ASE's default)
     agree_deg: float = 35.0  # weighted-average angle between ML and fine forces
     agree_norm: float = 0.5  # relative error of the largest force
     energy_tolerance: float = 1e-3  # eV, a rise beyond this rejects an ML round
@@ -77,6 +80,11 @@ class HybridSettings:
     # the fine-minus-ML residual linear around the latest fine point, fitted to the previous
     # fine points (see residual.py), instead of constant
     linear_residual: bool = True
+    # fine steps from GPMin's model of all fine points (see finesteps.py) instead of BFGS
+    fine_gp: bool = True
+    # after this many uphill ML rounds at the smallest trust radius the model's force
+    # changes are too coarse for the end-game: the run is finished on fine steps (None: never)
+    floor_failures: int | None = 2
 
     def out_of_range(self) -> tuple[str, float, str] | None:
         """The first setting that must be > 0 but is not: (field, value, unit), or None."""
@@ -108,37 +116,13 @@ class CorrectedForceField(ForceField):
         self.results["forces"] = forces
 
 
-class FineBFGS:
-    """BFGS on fine forces over the free coordinates (ASE's update and step rules)."""
-
-    def __init__(self, n_coords: int, maxstep: float, alpha: float = 70.0):
-        self.H = np.eye(n_coords) * alpha
-        self.maxstep = maxstep
-        self.previous: tuple[np.ndarray, np.ndarray] | None = None
-
-    def update(self, x: np.ndarray, f: np.ndarray) -> None:
-        if self.previous is not None:
-            dx, df = x - self.previous[0], f - self.previous[1]
-            a, dg = dx @ df, self.H @ dx
-            b = dx @ dg
-            if abs(a) > 1e-12 and abs(b) > 1e-12:
-                self.H -= np.outer(df, df) / a + np.outer(dg, dg) / b
-        self.previous = (x.copy(), f.copy())
-
-    def step(self, f: np.ndarray) -> np.ndarray:
-        omega, V = np.linalg.eigh(self.H)
-        dx = V @ (f @ V / np.abs(omega))
-        largest = np.linalg.norm(dx.reshape(-1, 3), axis=1).max(initial=0.0)
-        return dx * (self.maxstep / largest) if largest > self.maxstep else dx
-
-
 @dataclass
 class FinePoint:
     positions: np.ndarray
     energy: float
     forces: np.ndarray
     fmax: float
-    kind: str  # how the geometry was reached: start, ml, fine-bfgs, backtrack
+    kind: str  # how the geometry was reached: start, ml, fine-step, backtrack
 
 
 @dataclass
@@ -205,7 +189,9 @@ class HybridOptimizer:
         self.trajectory_path = trajectory
         self.free = free_atoms(self.atoms)
         self.state = HybridState()
-        self.fine_bfgs = FineBFGS(3 * int(self.free.sum()), self.settings.fine_maxstep)
+        n_coords = 3 * int(self.free.sum())
+        self.fine_steps = (FineGP(n_coords) if self.settings.fine_gp
+                           else FineBFGS(n_coords, self.settings.fine_maxstep))
         self.residual = (ResidualJacobian(self.free) if self.settings.linear_residual
                          else None)
         self.trust = TrustRegion(self.settings.trust, self.settings.trust_min,
@@ -213,6 +199,7 @@ class HybridOptimizer:
         # the latest ML round: the fine point it started from, the surrogate's energy change
         self.ml_anchor: FinePoint | None = None
         self.ml_predicted = 0.0
+        self.floor_failures = 0
         self.points: list[FinePoint] = []
         self.pending_kind = "start"
         # ML relaxation done while the current fine future runs (see speculate)
@@ -234,7 +221,8 @@ class HybridOptimizer:
         residual's change between the two fine points), so their minima are close and most
         ML steps were taken while the fine calculation ran."""
         self.speculative = None
-        if not self.settings.speculate or not self.points or not self.model.ready:
+        if (not self.settings.speculate or not self.points or not self.model.ready
+                or self._retired()):
             return
         x = self.atoms.get_positions()
         surrogate = self._surrogate(self.points[-1])
@@ -267,7 +255,7 @@ class HybridOptimizer:
         if self.state.fine_calls >= s.max_fine:
             self.state.stopped = f"fine-call budget of {s.max_fine} reached"
             return None
-        self.fine_bfgs.update(x[self.free].ravel(), forces[self.free].ravel())
+        self.fine_steps.update(x[self.free].ravel(), point.energy, forces[self.free].ravel())
         try:
             self.model.add([self._fine_frame(point)], weight=s.new_weight)
         except OamlmError as exc:
@@ -284,17 +272,23 @@ class HybridOptimizer:
                 return self._retry_or_backtrack(best)
             step = np.linalg.norm(point.positions - anchor.positions, axis=1).max()
             self.trust.update(rho, float(step))
-        if agreement["agree"] and self.model.ready:
+        if agreement["agree"] and self.model.ready and not self._retired():
             target = self._ml_move(point)
             if target is not None:
                 return target
-        return self._fine_step(point, "fine-bfgs")
+        return self._fine_step(best if self.fine_steps.from_best else point, "fine-step")
 
     # ---- pieces ---------------------------------------------------------------------------
+    def _retired(self) -> bool:
+        """No more ML rounds: too many went uphill at the smallest radius."""
+        limit = self.settings.floor_failures
+        return limit is not None and self.floor_failures >= limit
+
     def _retry_or_backtrack(self, best: FinePoint) -> np.ndarray:
         """After an ML round that went uphill: a new round from the best point on half the
-        radius, or, when the radius was already the smallest, a fine BFGS step from it."""
+        radius, or, when the radius was already the smallest, a fine step from it."""
         at_floor = self.trust.at_floor
+        self.floor_failures += at_floor
         self.trust.shrink()
         if not at_floor:
             self.speculative = None  # it was relaxed from the rejected point
@@ -314,7 +308,8 @@ class HybridOptimizer:
 
     def _fine_step(self, point: FinePoint, kind: str) -> np.ndarray:
         x = point.positions.copy()
-        dx = self.fine_bfgs.step(point.forces[self.free].ravel())
+        dx = self.fine_steps.step(point.positions[self.free].ravel(),
+                                  point.forces[self.free].ravel())
         x[self.free] += dx.reshape(-1, 3)
         self.pending_kind = kind
         self.speculative = None

@@ -13,7 +13,7 @@ def plot_rounds(rounds: list[dict], path: str | os.PathLike, title: str = "",
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    styles = {"start": ("k", "s"), "ml": ("tab:blue", "o"), "fine-bfgs": ("tab:orange", "^"),
+    styles = {"start": ("k", "s"), "ml": ("tab:blue", "o"), "fine-step": ("tab:orange", "^"),
               "backtrack": ("tab:red", "v")}
     calls = [r["fine_call"] for r in rounds]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
@@ -23,7 +23,7 @@ def plot_rounds(rounds: list[dict], path: str | os.PathLike, title: str = "",
         picked = [r for r in rounds if r["kind"] == kind]
         if not picked:
             continue
-        label = {"ml": "after an ML round", "fine-bfgs": "after a fine-BFGS step",
+        label = {"ml": "after an ML round", "fine-step": "after a step on fine results",
                  "backtrack": "backtrack from the best point", "start": "start"}[kind]
         top.plot([r["fine_call"] for r in picked], [r["energy"] for r in picked], marker,
                  color=color, label=label)

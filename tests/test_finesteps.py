@@ -1,0 +1,68 @@
+"""The hybrid's steps on fine results alone reproduce the ASE optimisers they follow."""
+
+import numpy as np
+from ase.calculators.emt import EMT
+from ase.cluster import Icosahedron
+from ase.optimize import BFGS, GPMin
+
+from oamlm_dist.optimize.finesteps import FineBFGS, FineGP
+from oamlm_dist.structures import rattle
+
+
+class RecordingEMT(EMT):
+    """EMT that keeps every geometry it evaluates, with its energy."""
+
+    def __init__(self):
+        super().__init__()
+        self.visited = []
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+        super().calculate(atoms, properties, system_changes)
+        self.visited.append((self.atoms.get_positions().copy(), self.results["energy"]))
+
+
+def start_structure(amplitude: float, seed: int):
+    atoms = Icosahedron("Au", 2)
+    atoms.center()
+    return rattle(atoms, amplitude, seed=seed)
+
+
+def ase_visits(optimizer_class, start, steps: int) -> tuple[list[np.ndarray], list[float]]:
+    """The geometries an ASE optimiser evaluates, and their energies."""
+    atoms = start.copy()
+    atoms.calc = RecordingEMT()
+    optimizer_class(atoms, logfile=None).run(fmax=0.05, steps=steps)
+    return [x for x, _ in atoms.calc.visited], [e for _, e in atoms.calc.visited]
+
+
+def own_visits(fine_steps, start, n_calls: int) -> list[np.ndarray]:
+    """Evaluate, update, step from the latest or the best point, as the hybrid does."""
+    probe = start.copy()
+    probe.calc = EMT()
+    points, visited = [], []
+    for _ in range(n_calls):
+        x, f = probe.get_positions().ravel(), probe.get_forces().ravel()
+        energy = probe.get_potential_energy()
+        visited.append(probe.get_positions().copy())
+        points.append((energy, x, f))
+        fine_steps.update(x, energy, f)
+        _, x, f = min(points, key=lambda p: p[0]) if fine_steps.from_best else points[-1]
+        probe.set_positions((x + fine_steps.step(x, f)).reshape(-1, 3))
+    return visited
+
+
+def test_fine_bfgs_takes_the_steps_of_ase_bfgs():
+    start = start_structure(0.15, seed=3)
+    reference, _ = ase_visits(BFGS, start, steps=6)
+    mine = own_visits(FineBFGS(3 * 13, maxstep=0.2), start, n_calls=len(reference))
+    np.testing.assert_allclose(np.array(mine), np.array(reference), atol=1e-10)
+
+
+def test_fine_gp_visits_the_geometries_of_ase_gpmin():
+    """To convergence, including GPMin's retry after an uphill point (it is learnt, and
+    the step redone from the best point)."""
+    start = start_structure(0.25, seed=4)
+    reference, energies = ase_visits(GPMin, start, steps=60)
+    assert (np.diff(energies) > 0).any()
+    mine = own_visits(FineGP(3 * 13), start, n_calls=len(reference))
+    np.testing.assert_allclose(np.array(mine), np.array(reference), atol=1e-7)
