@@ -17,11 +17,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator, all_changes
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import (
-    MaxwellBoltzmannDistribution,
-    Stationary,
-    ZeroRotation,
-)
+from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 from oamlm_dist.calculators import calculator_settings, fine_single_point
@@ -99,7 +95,7 @@ def run_md(store_path: str, segment_id: int, atoms: Atoms, calculator: str, para
     else:
         atoms = atoms.copy()
         rng = np.random.default_rng([settings.seed, run])
-        MaxwellBoltzmannDistribution(atoms, temperature_K=settings.temperature, rng=rng)
+        thermalize_momenta(atoms, temperature_K=settings.temperature, rng=rng)
         Stationary(atoms)
         if not atoms.pbc.any():
             ZeroRotation(atoms)
