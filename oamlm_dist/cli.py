@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not relax on the ML model while a fine calculation runs")
     p.add_argument("--fine-bfgs", dest="fine_gp", action="store_false",
                    help="BFGS steps on fine results where the model disagrees (default: "
-                        "GPMin's, whose memory grows with the fine calls)")
+                        "GPMin's while its Gaussian process fits in about 300 MB)")
     p.add_argument("--fine-timeout", type=float, default=None, metavar="SECONDS",
                    help="a fine calculation running longer counts as failed (default: none)")
     p.add_argument("--scheme", choices=["thiolate", "element"], default=None,

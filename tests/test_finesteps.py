@@ -5,7 +5,8 @@ from ase.calculators.emt import EMT
 from ase.cluster import Icosahedron
 from ase.optimize import BFGS, GPMin
 
-from oamlm_dist.optimize.finesteps import FineBFGS, FineGP
+from oamlm_dist.optimize import finesteps
+from oamlm_dist.optimize.finesteps import FineBFGS, FineGP, FineSteps
 from oamlm_dist.structures import rattle
 
 
@@ -35,7 +36,7 @@ def ase_visits(optimizer_class, start, steps: int) -> tuple[list[np.ndarray], li
     return [x for x, _ in atoms.calc.visited], [e for _, e in atoms.calc.visited]
 
 
-def own_visits(fine_steps, start, n_calls: int) -> list[np.ndarray]:
+def own_visits(fine_steps, start, n_calls: int, from_best: bool) -> list[np.ndarray]:
     """Evaluate, update, step from the latest or the best point, as the hybrid does."""
     probe = start.copy()
     probe.calc = EMT()
@@ -46,7 +47,7 @@ def own_visits(fine_steps, start, n_calls: int) -> list[np.ndarray]:
         visited.append(probe.get_positions().copy())
         points.append((energy, x, f))
         fine_steps.update(x, energy, f)
-        _, x, f = min(points, key=lambda p: p[0]) if fine_steps.from_best else points[-1]
+        _, x, f = min(points, key=lambda p: p[0]) if from_best else points[-1]
         probe.set_positions((x + fine_steps.step(x, f)).reshape(-1, 3))
     return visited
 
@@ -54,7 +55,7 @@ def own_visits(fine_steps, start, n_calls: int) -> list[np.ndarray]:
 def test_fine_bfgs_takes_the_steps_of_ase_bfgs():
     start = start_structure(0.15, seed=3)
     reference, _ = ase_visits(BFGS, start, steps=6)
-    mine = own_visits(FineBFGS(3 * 13, maxstep=0.2), start, n_calls=len(reference))
+    mine = own_visits(FineBFGS(3 * 13, maxstep=0.2), start, len(reference), from_best=False)
     np.testing.assert_allclose(np.array(mine), np.array(reference), atol=1e-10)
 
 
@@ -64,5 +65,31 @@ def test_fine_gp_visits_the_geometries_of_ase_gpmin():
     start = start_structure(0.25, seed=4)
     reference, energies = ase_visits(GPMin, start, steps=60)
     assert (np.diff(energies) > 0).any()
-    mine = own_visits(FineGP(3 * 13), start, n_calls=len(reference))
+    mine = own_visits(FineGP(3 * 13), start, len(reference), from_best=True)
     np.testing.assert_allclose(np.array(mine), np.array(reference), atol=1e-7)
+
+
+def test_fine_steps_switch_to_bfgs_when_the_process_is_full(monkeypatch):
+    """With room for 4 points, the first 4 steps are GPMin's from the best point; later ones
+    are BFGS's from the latest point, with a Hessian updated by every point."""
+    monkeypatch.setattr(finesteps, "GP_MAX_ROWS", 4 * (3 * 13 + 1))
+    start = start_structure(0.25, seed=4)
+    steps, shadow = FineSteps(3 * 13, maxstep=0.2), FineBFGS(3 * 13, maxstep=0.2)
+    reference, _ = ase_visits(GPMin, start, steps=4)
+    probe = start.copy()
+    probe.calc = EMT()
+    points = []
+    for call in range(8):
+        x, f = probe.get_positions().ravel(), probe.get_forces().ravel()
+        energy = probe.get_potential_energy()
+        points.append((energy, x, f))
+        if call < 4:
+            np.testing.assert_allclose(x, reference[call].ravel(), atol=1e-7)
+        steps.update(x, energy, f)
+        shadow.update(x, energy, f)
+        assert steps.from_best is (call < 4)
+        if steps.from_best:
+            _, x, f = min(points, key=lambda p: p[0])
+        else:
+            np.testing.assert_allclose(steps.step(x, f), shadow.step(x, f), atol=1e-12)
+        probe.set_positions((x + steps.step(x, f)).reshape(-1, 3))

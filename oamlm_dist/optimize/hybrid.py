@@ -45,7 +45,7 @@ from oamlm_dist.cluster import FINE_RESOURCE
 from oamlm_dist.errors import FineCalculationError, InputError, OamlmError
 from oamlm_dist.forcefield import ForceField
 from oamlm_dist.models.oamlm import weighted_angle_deg
-from oamlm_dist.optimize.finesteps import FineBFGS, FineGP
+from oamlm_dist.optimize.finesteps import FineSteps
 from oamlm_dist.optimize.mlbfgs import free_atoms, ml_bfgs
 from oamlm_dist.optimize.online import OnlineModel
 from oamlm_dist.optimize.residual import ResidualJacobian
@@ -189,9 +189,8 @@ class HybridOptimizer:
         self.trajectory_path = trajectory
         self.free = free_atoms(self.atoms)
         self.state = HybridState()
-        n_coords = 3 * int(self.free.sum())
-        self.fine_steps = (FineGP(n_coords) if self.settings.fine_gp
-                           else FineBFGS(n_coords, self.settings.fine_maxstep))
+        self.fine_steps = FineSteps(3 * int(self.free.sum()), self.settings.fine_maxstep,
+                                    gp=self.settings.fine_gp)
         self.residual = (ResidualJacobian(self.free) if self.settings.linear_residual
                          else None)
         self.trust = TrustRegion(self.settings.trust, self.settings.trust_min,
