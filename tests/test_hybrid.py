@@ -443,3 +443,12 @@ def test_a_cold_start_steps_first_like_gpmin_or_with_fine_bfgs_like_bfgs(
     reference.calc = EMT()
     (GPMin if not flags else BFGS)(reference, logfile=None).run(fmax=0.05, steps=1)
     np.testing.assert_allclose(fine[1].positions, reference.positions, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [{"trust_min": 0.0}, {"trust": 0.04}, {"trust": 1.0},
+                                 {"floor_failures": 0}])
+def test_inconsistent_trust_settings_are_refused_in_one_line(bad):
+    with pytest.raises(InputError) as error:
+        HybridSettings(**bad)
+    message = str(error.value)
+    assert len(message.splitlines()) == 1 and next(iter(bad)) in message

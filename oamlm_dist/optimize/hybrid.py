@@ -86,6 +86,17 @@ class HybridSettings:
     # changes are too coarse for the end-game: the run is finished on fine steps (None: never)
     floor_failures: int | None = 2
 
+    def __post_init__(self):
+        # Settings without a command-line option, checked here; those with one (fine_timeout_s,
+        # max_uncertainty) by out_of_range, so the error can name the option.
+        if not 0 < self.trust_min <= self.trust <= self.trust_max:
+            raise InputError(f"HybridSettings: the trust radii must satisfy 0 < trust_min <= "
+                             f"trust <= trust_max, got {self.trust_min}, {self.trust}, "
+                             f"{self.trust_max} Å")
+        if self.floor_failures is not None and self.floor_failures < 1:
+            raise InputError(f"HybridSettings: floor_failures must be None or >= 1, got "
+                             f"{self.floor_failures}")
+
     def out_of_range(self) -> tuple[str, float, str] | None:
         """The first setting that must be > 0 but is not: (field, value, unit), or None."""
         for name, unit in (("fine_timeout_s", "s"), ("max_uncertainty", "eV/Å")):
