@@ -59,7 +59,7 @@ class FineBFGS:
 class FineGP:
     """GPMin's model of the fine landscape and its step."""
 
-    def __init__(self, n_coords: int):
+    def __init__(self):
         self.gp = GaussianProcess(ConstantPrior(0.0), SquaredExponential())
         self.gp.set_hyperparams(np.array(GP_HYPERPARAMETERS))
         self.x: list[np.ndarray] = []
@@ -85,7 +85,7 @@ class FineSteps:
 
     def __init__(self, n_coords: int, maxstep: float, gp: bool = True):
         self.bfgs = FineBFGS(n_coords, maxstep)
-        self.gp = FineGP(n_coords) if gp else None
+        self.gp = FineGP() if gp else None
         self.gp_capacity = max(1, GP_MAX_ROWS // (n_coords + 1))  # points
 
     @property
@@ -95,7 +95,9 @@ class FineSteps:
 
     def update(self, x: np.ndarray, energy: float, f: np.ndarray) -> None:
         self.bfgs.update(x, energy, f)
-        if self.gp is not None and len(self.gp.x) < self.gp_capacity:
+        if self.gp is None:
+            return
+        if len(self.gp.x) < self.gp_capacity:
             self.gp.update(x, energy, f)
         else:
             self.gp = None  # full: BFGS steps from here on, and its memory is freed

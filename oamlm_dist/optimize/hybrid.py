@@ -209,7 +209,7 @@ class HybridOptimizer:
         # the latest ML round: the fine point it started from, the surrogate's energy change
         self.ml_anchor: FinePoint | None = None
         self.ml_predicted = 0.0
-        self.floor_failures = 0
+        self.uphill_at_floor = 0  # ML rounds that went uphill at the smallest radius
         self.points: list[FinePoint] = []
         self.pending_kind = "start"
         # ML relaxation done while the current fine future runs (see speculate)
@@ -292,13 +292,13 @@ class HybridOptimizer:
     def _retired(self) -> bool:
         """No more ML rounds: too many went uphill at the smallest radius."""
         limit = self.settings.floor_failures
-        return limit is not None and self.floor_failures >= limit
+        return limit is not None and self.uphill_at_floor >= limit
 
     def _retry_or_backtrack(self, best: FinePoint) -> np.ndarray:
         """After an ML round that went uphill: a new round from the best point on half the
         radius, or, when the radius was already the smallest, a fine step from it."""
         at_floor = self.trust.at_floor
-        self.floor_failures += at_floor
+        self.uphill_at_floor += at_floor
         self.trust.shrink()
         if not at_floor:
             self.speculative = None  # it was relaxed from the rejected point
