@@ -24,6 +24,7 @@ import argparse
 import json
 import time
 
+from ase.calculators.calculator import CalculationFailed
 from ase.optimize import BFGS
 from hybrid import FMAX, run_peer, versus_bfgs
 from hybrid_uncertainty import mean_ratios, ring_start
@@ -31,6 +32,7 @@ from machine import machine_facts
 
 from oamlm_dist.calculators import make_calculator
 from oamlm_dist.cluster import get_client
+from oamlm_dist.errors import OamlmError
 from oamlm_dist.optimize.hybrid import HybridOptimizer, HybridSettings, optimize_many
 
 MODELS = {"exact": ({}, 1.0), "scaled_0.9": ({}, 0.9), "scaled_0.7": ({}, 0.7),
@@ -53,7 +55,12 @@ class CalculatorModel:
     def predict(self, atoms, method=None):
         probe = atoms.copy()
         probe.set_constraint()
-        return {"forces": self.scale * self.calc.get_forces(probe)}
+        try:
+            forces = self.calc.get_forces(probe)
+        except CalculationFailed as exc:
+            # as a learnt model that cannot describe a structure: no ML move from there
+            raise OamlmError(f"stand-in model: {exc}") from exc
+        return {"forces": self.scale * forces}
 
 
 def main() -> dict:

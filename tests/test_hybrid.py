@@ -14,7 +14,12 @@ from distributed import Client, LocalCluster
 from oamlm_dist.descriptors import SoapSettings
 from oamlm_dist.errors import InputError, SCFConvergenceError
 from oamlm_dist.optimize import hybrid
-from oamlm_dist.optimize.hybrid import HybridOptimizer, HybridSettings, optimize_many
+from oamlm_dist.optimize.hybrid import (
+    CorrectedForceField,
+    HybridOptimizer,
+    HybridSettings,
+    optimize_many,
+)
 from oamlm_dist.optimize.hybrid import fine_single_point as real_single_point
 from oamlm_dist.optimize.mlbfgs import ml_bfgs
 from oamlm_dist.optimize.online import OnlineModel
@@ -126,11 +131,25 @@ def test_the_surrogate_reproduces_the_fine_forces_at_the_previous_fine_point(das
     # The converged point is not learnt: the residual was last fitted to the two before it.
     before, anchor = optimizer.points[-3], optimizer.points[-2]
     probe = optimizer.atoms.copy()
+    probe.calc = CorrectedForceField(optimizer.model.model, optimizer._correction(anchor),
+                                     anchor.positions, optimizer.residual)
     probe.set_positions(before.positions)
-    probe.calc = optimizer._surrogate(anchor)
     np.testing.assert_allclose(probe.get_forces(), before.forces, atol=1e-8)
     probe.set_positions(anchor.positions)
     np.testing.assert_allclose(probe.get_forces(), anchor.forces, atol=1e-8)
+
+
+def test_the_linear_residual_is_used_only_while_it_predicts_the_fine_points(dask_client):
+    """A model that knows nothing leaves a residual that changes like the fine forces, which
+    the linear residual learns to predict; a perfect model leaves none to predict, so its
+    surrogate stays the model plus a constant (zero) residual."""
+    used = {}
+    for name, model in (("wrong", WrongModel()), ("perfect", EMTModel())):
+        optimizer = HybridOptimizer(start_structure(), model, "emt", name=name)
+        assert optimize_many([optimizer], dask_client)[0]["converged"]
+        used[name] = [r["linear_residual"] for r in optimizer.state.rounds
+                      if "linear_residual" in r]
+    assert any(used["wrong"]) and used["perfect"] and not any(used["perfect"])
 
 
 def failing_on_third_call(atoms, calculator, params):
@@ -288,13 +307,39 @@ def test_an_uphill_round_is_retried_from_the_best_point_on_half_the_radius(dask_
     assert displacement <= rounds[uphill]["trust"] / 2 + 1e-9
 
 
+def emt_result(atoms, positions) -> dict:
+    probe = atoms.copy()
+    probe.positions = positions
+    probe.calc = EMT()
+    return {"energy": probe.get_potential_energy(), "forces": probe.get_forces()}
+
+
+def test_after_an_uphill_fine_step_the_ml_round_starts_from_the_best_point():
+    """A fine step that went uphill is learnt from, not continued from: with a model that
+    agrees there, the next ML round stays within the trust radius of the best point."""
+    optimizer = HybridOptimizer(start_structure(), EMTModel(), "emt", name="from-best")
+    best = optimizer.start()
+    optimizer.tell(emt_result(optimizer.atoms, best))
+    uphill = best.copy()
+    uphill[0] += [0.6, 0.0, 0.0]
+    optimizer.pending_kind = "fine-step"
+    optimizer.atoms.set_positions(uphill)
+    target = optimizer.tell(emt_result(optimizer.atoms, uphill))
+    assert optimizer.points[1].energy > optimizer.points[0].energy + 0.1
+    assert optimizer.state.rounds[1]["agree"] and optimizer.pending_kind == "ml"
+    trust = optimizer.trust.radius
+    assert np.linalg.norm(target - best, axis=1).max() <= trust + 1e-9
+    assert np.linalg.norm(target - uphill, axis=1).max() > trust
+
+
 def test_after_repeated_uphill_rounds_at_the_smallest_radius_fine_steps_finish(dask_client):
     """A model with a third of the true forces, held at the smallest radius, goes uphill
     near the minimum: after the second such round no more ML rounds are tried (without the
     limit they are)."""
     kinds = {}
     for limit in (2, None):
-        settings = HybridSettings(fmax=0.01, trust=0.05, trust_min=0.05, floor_failures=limit)
+        settings = HybridSettings(fmax=0.003, trust=0.05, trust_min=0.05, trust_max=0.05,
+                                  floor_failures=limit)
         optimizer = HybridOptimizer(start_structure(), EMTModel(scale=0.3), "emt",
                                     settings=settings, name=f"floor-{limit}")
         assert optimize_many([optimizer], dask_client)[0]["converged"]
@@ -319,13 +364,6 @@ class ScaledEMTEnsemble:
                 "support": np.full(len(atoms), -1)}
 
 
-def emt_forces(atoms, positions):
-    probe = atoms.copy()
-    probe.positions = positions
-    probe.calc = EMT()
-    return probe.get_forces()
-
-
 def test_uncertainty_gate_measures_the_spread_of_force_changes():
     atoms = start_structure()
     reference = atoms.get_positions()
@@ -333,7 +371,8 @@ def test_uncertainty_gate_measures_the_spread_of_force_changes():
     gate = UncertaintyGate(ScaledEMTEnsemble(), atoms, reference, free, limit=0.05)
     assert not gate(atoms) and gate.largest == 0.0  # no uncertainty at the fine point itself
     moved = rattle(atoms, 0.05, seed=5)
-    change = np.linalg.norm(emt_forces(atoms, moved.positions) - emt_forces(atoms, reference),
+    change = np.linalg.norm(emt_result(atoms, moved.positions)["forces"]
+                            - emt_result(atoms, reference)["forces"],
                             axis=1)
     expected = 2.58 * np.std(ScaledEMTEnsemble.scales, ddof=1) * change
     np.testing.assert_allclose(gate.uncertainty(moved), expected, rtol=1e-10)

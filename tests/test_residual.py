@@ -42,3 +42,26 @@ def test_a_step_too_short_to_measure_changes_nothing():
     jacobian = ResidualJacobian(np.ones(2, dtype=bool))
     jacobian.update(np.full((2, 3), 1e-9), np.ones((2, 3)))
     assert jacobian.updates == 0 and not jacobian.matrix.any()
+
+
+def test_predictive_only_after_predicting_a_new_step_better_than_a_constant():
+    """For a linear residual r(x) = A x, B learnt along s1 predicts a step s2 that overlaps
+    s1; for a residual whose change along s2 contradicts the secant (a far-off, anharmonic
+    first step), B predicts worse than no change at all."""
+    target = symmetric(6, seed=3)
+    s1 = np.random.default_rng(4).normal(size=6) * 0.1
+    s2 = s1 + np.random.default_rng(5).normal(size=6) * 0.01
+
+    def learnt_along_s1() -> ResidualJacobian:
+        jacobian = ResidualJacobian(np.ones(2, dtype=bool))
+        jacobian.update(s1.reshape(2, 3), (target @ s1).reshape(2, 3))
+        # B = 0 predicted no change: no better than the constant residual.
+        assert not jacobian.predictive
+        return jacobian
+
+    consistent = learnt_along_s1()
+    consistent.update(s2.reshape(2, 3), (target @ s2).reshape(2, 3))
+    assert consistent.predictive
+    contradicted = learnt_along_s1()
+    contradicted.update(s2.reshape(2, 3), (-target @ s2).reshape(2, 3))
+    assert not contradicted.predictive

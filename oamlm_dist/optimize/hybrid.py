@@ -5,7 +5,8 @@ Each round submits a fine single point at the current geometry as a Dask future
 the ML force field (speculation). When the fine result arrives it is stored, the online model
 learns from it, and the next geometry is chosen. ML rounds relax on a surrogate: the model
 plus the fine-minus-model residual at the latest fine point, which by default also varies
-linearly, fitted to the earlier fine points (:mod:`.residual`). After a fine result:
+linearly, fitted to the earlier fine points, while that fit predicts each new fine point
+better than a constant residual (:mod:`.residual`). After a fine result:
 
 * converged: the *fine* forces are below ``fmax`` (never the ML ones);
 * the fine energy rose after an ML round: the round is rejected and a new one starts from
@@ -14,7 +15,8 @@ linearly, fitted to the earlier fine points (:mod:`.residual`). After a fine res
 * the ML prediction at this geometry agreed with the fine forces (weighted-average angle
   below ``agree_deg`` and norms within ``agree_norm``): continue from the speculative ML
   relaxation, inside a trust radius set by how well the surrogate predicted the fine energy
-  change (:mod:`.trust`);
+  change (:mod:`.trust`); if this point is worse than the best one (a fine step went
+  uphill), a new round from the best point instead;
 * after ``floor_failures`` uphill rounds at the smallest radius, the model's force changes
   are too coarse near this minimum: the run is finished on fine steps;
 * otherwise: a step on the fine results alone (:mod:`.finesteps`): by default GPMin's, from
@@ -78,7 +80,7 @@ class HybridSettings:
     # (the best of 0.1, 0.3 and 1 on xTB rings, benchmarks/hybrid_uncertainty.py)
     max_uncertainty: float = 1.0
     # the fine-minus-ML residual linear around the latest fine point, fitted to the previous
-    # fine points (see residual.py), instead of constant
+    # fine points (see residual.py), instead of constant, while the fit predicts new points
     linear_residual: bool = True
     # fine steps from GPMin's model of all fine points (see finesteps.py) instead of BFGS
     fine_gp: bool = True
@@ -283,7 +285,12 @@ class HybridOptimizer:
             step = np.linalg.norm(point.positions - anchor.positions, axis=1).max()
             self.trust.update(rho, float(step))
         if agreement["agree"] and self.model.ready and not self._retired():
-            target = self._ml_move(point)
+            # Rounds start from the best point, as trust-region steps do: a fine step that
+            # went uphill is learnt from, not continued from.
+            base = point if point.energy <= best.energy + s.energy_tolerance else best
+            if base is not point:
+                self.speculative = None  # it was relaxed from the uphill point
+            target = self._ml_move(base)
             if target is not None:
                 return target
         return self._fine_step(best if self.fine_steps.from_best else point, "fine-step")
@@ -358,7 +365,11 @@ class HybridOptimizer:
         if correction is None:
             return None
         return CorrectedForceField(self.model.model, correction, point.positions,
-                                   self.residual)
+                                   self._jacobian())
+
+    def _jacobian(self) -> ResidualJacobian | None:
+        """The linear residual, while it predicts the fine points better than a constant."""
+        return self.residual if self.residual is not None and self.residual.predictive else None
 
     def _update_residual(self) -> None:
         """Fit the linear residual to the step between the last two fine points, with the
@@ -369,6 +380,7 @@ class HybridOptimizer:
         r_before, r_now = self._correction(before), self._correction(now)
         if r_before is not None and r_now is not None:
             self.residual.update(now.positions - before.positions, r_now - r_before)
+        self.state.rounds[-1]["linear_residual"] = self.residual.predictive
 
     def _relax(self, start: np.ndarray, surrogate: CorrectedForceField, centre: np.ndarray,
                trust: float, kind: str) -> tuple[np.ndarray, int, np.ndarray | None]:
@@ -441,7 +453,7 @@ class HybridOptimizer:
             if before is None:
                 return {"agree": False, "angle_deg": None, "norm_error": None}
             ml, fine = ml - before, fine - previous.forces
-            if self.residual is not None:
+            if self._jacobian() is not None:
                 ml = ml + self.residual.forces(point.positions - previous.positions)
         ml, fine = ml[self.free], fine[self.free]
         angle = float(weighted_angle_deg(ml, fine))

@@ -13,6 +13,12 @@ condition B (x_k − x_{k−1}) = r_k − r_{k−1} holds: the surrogate then re
 forces at the previous fine point too, not only at the latest one. B starts at zero (the
 model's own Hessian), so a model that predicts force changes well keeps B near zero, and a
 model that knows nothing (a constant) leaves a quasi-Newton method on the fine forces.
+
+B is only used while it earns its place: each new fine point tests the B fitted before it,
+and B counts as ``predictive`` when r_{k−1} + B (x_k − x_{k−1}) was closer to r_k than the
+constant r_{k−1}. Secants from far-off, anharmonic stretches (a distorted start) or from a
+model whose force changes are already right leave a B that predicts worse than nothing; the
+surrogate then takes the residual as constant.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class ResidualJacobian:
         n = 3 * int(free.sum())
         self.matrix = np.zeros((n, n))
         self.updates = 0
+        self.predictive = False  # did the latest B predict the residual change better than 0?
 
     def update(self, step: np.ndarray, residual_change: np.ndarray) -> None:
         """PSB update from a step between two fine points (positions, all atoms) and the
@@ -39,7 +46,9 @@ class ResidualJacobian:
         ss = s @ s
         if np.sqrt(ss) < MIN_STEP:
             return
-        miss = residual_change[self.free].ravel() - self.matrix @ s
+        change = residual_change[self.free].ravel()
+        miss = change - self.matrix @ s
+        self.predictive = bool(np.linalg.norm(miss) < np.linalg.norm(change))
         self.matrix += (np.outer(miss, s) + np.outer(s, miss)) / ss \
             - (s @ miss) * np.outer(s, s) / ss**2
         self.updates += 1
