@@ -276,21 +276,21 @@ class HybridOptimizer:
             self.state.rounds[-1]["not_learned"] = str(exc)
         self._update_residual()
         best = min(self.points, key=lambda p: p.energy)
+        uphill = point.energy > best.energy + s.energy_tolerance
         if point.kind == "ml":
             anchor = self.ml_anchor
             rho = reduction_ratio(point.energy - anchor.energy, self.ml_predicted)
             self.state.rounds[-1]["rho"] = rho
-            if point.energy > best.energy + s.energy_tolerance:
+            if uphill:
                 return self._retry_or_backtrack(best)
             step = np.linalg.norm(point.positions - anchor.positions, axis=1).max()
             self.trust.update(rho, float(step))
         if agreement["agree"] and self.model.ready and not self._retired():
             # Rounds start from the best point, as trust-region steps do: a fine step that
             # went uphill is learnt from, not continued from.
-            base = point if point.energy <= best.energy + s.energy_tolerance else best
-            if base is not point:
+            if uphill:
                 self.speculative = None  # it was relaxed from the uphill point
-            target = self._ml_move(base)
+            target = self._ml_move(best if uphill else point)
             if target is not None:
                 return target
         return self._fine_step(best if self.fine_steps.from_best else point, "fine-step")
@@ -453,8 +453,9 @@ class HybridOptimizer:
             if before is None:
                 return {"agree": False, "angle_deg": None, "norm_error": None}
             ml, fine = ml - before, fine - previous.forces
-            if self._jacobian() is not None:
-                ml = ml + self.residual.forces(point.positions - previous.positions)
+            jacobian = self._jacobian()
+            if jacobian is not None:
+                ml = ml + jacobian.forces(point.positions - previous.positions)
         ml, fine = ml[self.free], fine[self.free]
         angle = float(weighted_angle_deg(ml, fine))
         fine_max = np.linalg.norm(fine, axis=1).max(initial=0.0)
