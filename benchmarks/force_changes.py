@@ -11,11 +11,13 @@ that grows like 1/ε is a jump (a discontinuity of the model at x).
 Points: the GFN2-xTB minimum of Au6(SCH3)6, a ring size the model never saw (the end-game of
 every relaxation happens near such a minimum), and the same structure moved at random by
 ``--generic`` Å. Models: the ring model pre-trained as in ``benchmarks/hybrid.py --quick``
-(MD of rings 3 and 8), and GFN1-xTB (a different parametrisation, with which the hybrid
-needs 2.8× fewer fine calls than BFGS in ``benchmarks/hybrid_model_accuracy.py``).
+(MD of rings 3 and 8), or ``--model NAME`` of ``--store STORE``; and GFN1-xTB (a different
+parametrisation, with which the hybrid needs 2.8× fewer fine calls than BFGS in
+``benchmarks/hybrid_model_accuracy.py``).
 The last line is one JSON object with, per point, model and ε, the median over directions.
 
 Usage: python benchmarks/force_changes.py [--ring 6] [--directions 3] [--out DIR]
+                                         [--store STORE --model NAME]
 """
 
 from __future__ import annotations
@@ -73,13 +75,21 @@ def main() -> dict:
     parser.add_argument("--directions", type=int, default=3)
     parser.add_argument("--generic", type=float, default=0.02,
                         help="Å, random move of the minimum for the generic point")
-    parser.add_argument("--out", default="/tmp/oamlm-hybrid-bench")
+    parser.add_argument("--out", default="/tmp/oamlm-hybrid-bench",
+                        help="where the model is pre-trained (without --model)")
+    parser.add_argument("--store", help="store of --model")
+    parser.add_argument("--model", help="a trained ring model instead of the pre-trained one")
     args = parser.parse_args()
+    if bool(args.store) != bool(args.model):
+        parser.error("--store and --model go together")
     started = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with get_client() as client:
-        store, name = pretrain(out, client, quick=True)["ring"]
+    if args.model:
+        store, name = args.store, args.model
+    else:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        with get_client() as client:
+            store, name = pretrain(out, client, quick=True)["ring"]
     learnt = ForceModel.load(store, name)
     models = {"learnt": lambda a: learnt.predict(a)["forces"],
               "gfn1": lambda a: fine_single_point(a, "xtb", {"method": "GFN1-xTB"}).forces}
@@ -102,8 +112,8 @@ def main() -> dict:
                           for label, forces in models.items()}
         for label, rows in results[point].items():
             print(point, label, json.dumps(rows), flush=True)
-    summary = {"benchmark": "force_changes", "ring": args.ring, "directions": args.directions,
-               "generic_move": args.generic, "points": results,
+    summary = {"benchmark": "force_changes", "model": f"{store}:{name}", "ring": args.ring,
+               "directions": args.directions, "generic_move": args.generic, "points": results,
                "wall_s": round(time.perf_counter() - started, 1), **machine_facts()}
     print(json.dumps(summary))
     return summary
