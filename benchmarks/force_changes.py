@@ -42,6 +42,11 @@ SCALES = (1e-4, 1e-3, 1e-2, 5e-2)  # Å, largest atom move
 ELEMENTS = ("Au", "S", "C", "H")
 
 
+def xtb_forces(params: dict) -> Callable:
+    """Forces of a structure from xTB with these settings."""
+    return lambda atoms: fine_single_point(atoms, "xtb", params).forces
+
+
 def force_changes(forces: Callable, atoms, directions: np.ndarray) -> np.ndarray:
     """Δf for every direction and scale: (n_directions, n_scales, n_atoms, 3)."""
     origin = forces(atoms)
@@ -92,11 +97,7 @@ def main() -> dict:
             store, name = pretrain(out, client, quick=True)["ring"]
     learnt = ForceModel.load(store, name)
     models = {"learnt": lambda a: learnt.predict(a)["forces"],
-              "gfn1": lambda a: fine_single_point(a, "xtb", {"method": "GFN1-xTB"}).forces}
-
-    def fine(a):
-        return fine_single_point(a, "xtb", {}).forces
-
+              "gfn1": xtb_forces({"method": "GFN1-xTB"})}
     rng = np.random.default_rng(0)
     minimum = xtb_minimum(gold_thiolate_ring(args.ring))
     generic = minimum.copy()
@@ -106,7 +107,7 @@ def main() -> dict:
     for point, atoms in (("minimum", minimum), ("generic", generic)):
         directions = rng.normal(size=(args.directions, len(atoms), 3))
         directions /= np.linalg.norm(directions, axis=2).max(axis=1)[:, None, None]
-        reference = force_changes(fine, atoms, directions)
+        reference = force_changes(xtb_forces({}), atoms, directions)
         results[point] = {label: compare(force_changes(forces, atoms, directions), reference,
                                          symbols)
                           for label, forces in models.items()}

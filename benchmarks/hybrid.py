@@ -28,7 +28,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.optimize import BFGS, FIRE, LBFGS, GPMin
 
-from oamlm_dist.calculators import make_calculator
+from oamlm_dist.calculators import calculator_settings, make_calculator
 from oamlm_dist.cluster import get_client
 from oamlm_dist.describe import describe
 from oamlm_dist.optimize.hybrid import HybridOptimizer, HybridSettings, optimize_many
@@ -157,7 +157,7 @@ def main() -> dict:
                                     for k, v in row.items()}), flush=True)
     ratios = [r["hybrid_pretrained"]["fine_call_ratio_vs_bfgs"] for r in results.values()]
     summary = {"benchmark": "hybrid", "fmax": FMAX, "quick": args.quick,
-               "fine": {name: FINE_PARAMS.get(name, {}).get("method", "GFN2-xTB")
+               "fine": {name: calculator_settings("xtb", **FINE_PARAMS.get(name, {}))["method"]
                         for name in systems},
                "systems": results, "pretrain_s": round(pretrain_s, 1),
                "fine_call_ratio_vs_bfgs": {name: r["hybrid_pretrained"]["fine_call_ratio_vs_bfgs"]
