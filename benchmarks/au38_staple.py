@@ -3,15 +3,24 @@
 From the GFN1-xTB minimum of Au38(SCH3)24 (``structures.gold38_thiolate``), one long staple
 (S-Au-S-Au-S with its methyls) is pulled 2.0 Å outwards, along the line from the cluster's
 centre to the staple's centroid, and only that staple's atoms are free (``FixAtoms`` on the
-rest). The fine calculator is GFN1-xTB (GFN2-xTB's SCF does not converge on this cluster).
+rest). The fine calculator is GFN1-xTB (GFN2-xTB's SCF does not converge on this cluster),
+or with ``--fine gpaw`` GPAW (LCAO, PBE, ``--basis``; the cluster boxed once with 4 Å of
+vacuum for both optimisers).
 
 The model is trained on GFN1-xTB MD of the relaxed cluster (``--md-steps`` steps at 500 K,
 every 2nd frame; thiolate scheme, K = ``--references``), so it has seen the intact cluster
-but never the stretched staple. Both optimisers stop at fine fmax <= 0.05 eV/Å on the free
-atoms; ASE BFGS gets ``maxstep`` 0.05 Å as the hybrid's ML rounds (seed 000 sec. III D).
-The last line is one JSON object with fine calls, energies and wall times of both.
+but never the stretched staple (with GPAW, never the fine level either: the residual
+correction and the online updates bring it in). ``--trained STORE`` reuses a store this
+script trained. Both optimisers stop at fine fmax <= 0.05 eV/Å on the free atoms or after
+``--max-fine`` fine calls; ASE BFGS gets ``maxstep`` 0.05 Å as the hybrid's ML rounds (seed
+000 sec. III D). A GPAW call on this cluster takes minutes on one core, so ``--only hybrid``
+and ``--only bfgs`` run the two optimisers as separate processes side by side (one core
+each); ``energy_per_call`` then compares their descent at equal fine-call budgets. The last
+line is one JSON object with fine calls, energies and wall times.
 
 Usage: python benchmarks/au38_staple.py [--md-steps 120] [--references 600] [--out DIR]
+           [--trained STORE] [--fine gfn1|gpaw] [--basis dzp] [--max-fine 100]
+           [--only hybrid|bfgs]
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from ase.optimize import BFGS
 from hybrid import FMAX, against_bfgs, run_peer
 from machine import machine_facts
 
+from oamlm_dist.calculators import ensure_cell
 from oamlm_dist.cluster import get_client
 from oamlm_dist.describe import describe
 from oamlm_dist.optimize.hybrid import HybridOptimizer, HybridSettings, optimize_many
@@ -58,35 +68,64 @@ def train(store: str, steps: int, references: int, client) -> str:
     return "au38"
 
 
+def progress(optimizer: HybridOptimizer) -> None:
+    """One line per fine call of the hybrid (GPAW runs take hours)."""
+    row = optimizer.state.rounds[-1]
+    print(f"hybrid fine call {row['fine_call']} ({row['kind']}): E = {row['energy']:.4f} eV, "
+          f"fmax = {row['fmax']:.3f} eV/Å, {optimizer.state.fine_wall_s:.0f} s in fine calls",
+          flush=True)
+
+
 def main() -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--md-steps", type=int, default=120)
     parser.add_argument("--references", type=int, default=600)
     parser.add_argument("--out", default="/tmp/oamlm-au38-bench")
+    parser.add_argument("--trained", help="a store this script trained (model 'au38')")
+    parser.add_argument("--fine", choices=("gfn1", "gpaw"), default="gfn1")
+    parser.add_argument("--basis", default="dzp", help="GPAW LCAO basis")
+    parser.add_argument("--max-fine", type=int, default=HybridSettings.max_fine)
+    parser.add_argument("--only", choices=("hybrid", "bfgs"))
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    store = str(out / "au38.zarr")
     start, staple = stretched_staple()
+    calculator, params = ("xtb", GFN1) if args.fine == "gfn1" else ("gpaw",
+                                                                     {"basis": args.basis})
+    if calculator == "gpaw":
+        start = ensure_cell(start)
     started = time.perf_counter()
-    with get_client(quiet=True) as client:
-        t = time.perf_counter()
-        model = train(store, args.md_steps, args.references, client)
-        train_s = time.perf_counter() - t
-        optimizer = HybridOptimizer(start, online_model(Store.open(store), model, [start], None),
-                                    "xtb", GFN1, HybridSettings(fmax=FMAX, ml_maxstep=0.05),
-                                    name="au38-staple")
-        hybrid = optimize_many([optimizer], client)[0]
-    print("hybrid", json.dumps(hybrid), flush=True)
-    bfgs = run_peer(BFGS, start, "xtb", GFN1, maxstep=0.05)
-    print("BFGS", json.dumps(bfgs), flush=True)
-    summary = {
-        "benchmark": "au38_staple", "fine": "GFN1-xTB", "pull_A": PULL,
-        "free_atoms": len(staple), "fmax": FMAX, "train_s": round(train_s, 1),
-        "md_steps": args.md_steps, "references": args.references,
-        **against_bfgs(bfgs, hybrid),
-        "wall_s": round(time.perf_counter() - started, 1),
-        "machine": machine_facts()}
+    summary = {"benchmark": "au38_staple", "fine": calculator, "fine_params": params,
+               "pull_A": PULL, "free_atoms": len(staple), "fmax": FMAX,
+               "max_fine": args.max_fine}
+    results = {}
+    if args.only != "bfgs":
+        store, model, train_s = args.trained, "au38", 0.0
+        with get_client(n_workers=1 if args.only else None, quiet=True) as client:
+            if store is None:
+                store = str(out / "au38.zarr")
+                t = time.perf_counter()
+                train(store, args.md_steps, args.references, client)
+                train_s = time.perf_counter() - t
+            optimizer = HybridOptimizer(
+                start, online_model(Store.open(store), model, [start], None), calculator,
+                params, HybridSettings(fmax=FMAX, ml_maxstep=0.05, max_fine=args.max_fine),
+                name="au38-staple")
+            results["hybrid"] = optimize_many([optimizer], client, on_round=progress)[0]
+        results["hybrid"]["energy_per_call"] = [p.energy for p in optimizer.points]
+        print("hybrid", json.dumps(results["hybrid"]), flush=True)
+        summary.update({"train_s": round(train_s, 1), "trained": store,
+                        "md_steps": args.md_steps, "references": args.references})
+    if args.only != "hybrid":
+        results["BFGS"] = run_peer(BFGS, start, calculator, params, max_calls=args.max_fine,
+                                   energy_per_call=True, maxstep=0.05, logfile="-")
+        print("BFGS", json.dumps(results["BFGS"]), flush=True)
+    if args.only is None:
+        summary.update(against_bfgs(results["BFGS"], results["hybrid"]))
+    else:
+        summary[args.only] = results[args.only]
+    summary.update({"wall_s": round(time.perf_counter() - started, 1),
+                    "machine": machine_facts()})
     print(json.dumps(summary))
     return summary
 

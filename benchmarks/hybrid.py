@@ -53,6 +53,7 @@ class CountingCalculator(Calculator):
         super().__init__()
         self.fine = make_calculator(name, **(params or {}))
         self.calls = 0
+        self.energies: list[float] = []  # per call
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -60,6 +61,7 @@ class CountingCalculator(Calculator):
         fine = self.atoms.copy()
         self.results = {"energy": self.fine.get_potential_energy(fine),
                         "forces": self.fine.get_forces(fine)}
+        self.energies.append(float(self.results["energy"]))
 
 
 def xtb_minimum(atoms, params: dict | None = None):
@@ -70,16 +72,21 @@ def xtb_minimum(atoms, params: dict | None = None):
     return atoms
 
 
-def run_peer(cls, start, calculator: str = "xtb", params: dict | None = None, **options):
-    """ASE optimiser ``cls`` (with ``options``) on the fine calculator from ``start``."""
+def run_peer(cls, start, calculator: str = "xtb", params: dict | None = None,
+             max_calls: int = 400, energy_per_call: bool = False, **options):
+    """ASE optimiser ``cls`` (with ``options``) on the fine calculator from ``start``, for at
+    most ``max_calls`` fine calls; ``energy_per_call`` adds the fine energy of every call."""
     atoms = start.copy()
     counter = CountingCalculator(calculator, params)
     atoms.calc = counter
-    optimizer = cls(atoms, logfile=None, **options)
+    optimizer = cls(atoms, **{"logfile": None, **options})
     started = time.perf_counter()
-    converged = optimizer.run(fmax=FMAX, steps=400)
-    return {"fine_calls": counter.calls, "energy": float(atoms.get_potential_energy()),
-            "converged": bool(converged), "wall_s": round(time.perf_counter() - started, 1)}
+    converged = optimizer.run(fmax=FMAX, steps=max_calls - 1)  # a call per step and at start
+    result = {"fine_calls": counter.calls, "energy": float(atoms.get_potential_energy()),
+              "converged": bool(converged), "wall_s": round(time.perf_counter() - started, 1)}
+    if energy_per_call:
+        result["energy_per_call"] = counter.energies
+    return result
 
 
 def versus_bfgs(bfgs: dict, result: dict) -> dict:

@@ -30,7 +30,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
-from . import gpaw_mpi
+from . import gpaw_mpi, warm
 from .errors import FineCalculationError, InputError, SCFConvergenceError
 
 __all__ = [
@@ -158,9 +158,17 @@ class FineCalculator:
         out.calc = None
         return out
 
+    @property
+    def warm_starts(self) -> bool:
+        """Whether a calculator kept from the previous single point of a series speeds up the
+        next one (:mod:`oamlm_dist.warm`)."""
+        return False
+
     def compute(self, atoms: Atoms) -> tuple[float, np.ndarray]:
-        """Energy (eV) and forces (eV/Å) of an already prepared copy."""
-        atoms.calc = self.build()
+        """Energy (eV) and forces (eV/Å) of an already prepared copy, on the calculator
+        attached to it (a warm one) or else a fresh one."""
+        if atoms.calc is None:
+            atoms.calc = self.build()
         return float(atoms.get_potential_energy()), np.array(atoms.get_forces(), dtype=float)
 
     def safer(self, overrides: dict[str, Any] | None = None) -> FineCalculator | None:
@@ -403,6 +411,11 @@ class GPAWCalculator(FineCalculator):
             raise InputError(f"gpaw setting mpi_timeout must be seconds > 0, got {timeout!r}")
         return settings
 
+    @property
+    def warm_starts(self) -> bool:
+        # MPI runs live in a subprocess per single point: nothing survives to reuse
+        return (self.settings.get("mpi_ranks") or 1) == 1
+
     def calculator_kwargs(self) -> dict[str, Any]:
         # txt=None must reach GPAW: leaving it out means a log on standard output
         return {**super().calculator_kwargs(), "txt": self.settings["txt"]}
@@ -532,7 +545,8 @@ class FineResult:
         The JSON-able settings of the attempt that succeeded.
     attempts : list of dict
         Every attempt in order: ``settings``, ``outcome`` (``"ok"``,
-        ``"scf_not_converged"``, ``"error"``, ``"non_finite"``), ``message`` and ``wall_s``.
+        ``"scf_not_converged"``, ``"error"``, ``"non_finite"``), ``message``, ``wall_s``
+        and ``warm_start`` (started from the series' previous calculator).
     wall_s : float
         Wall time of all attempts (s).
     calculator : str
@@ -552,6 +566,7 @@ def fine_single_point(
     name: str,
     params: dict[str, Any] | None = None,
     retry: bool | dict[str, Any] = True,
+    series: str | None = None,
 ) -> FineResult:
     """Energy and forces of ``atoms`` from a fine calculator, retrying once after an SCF failure.
 
@@ -576,6 +591,11 @@ def fine_single_point(
     retry : bool or dict
         True: retry with the built-in safer settings; a dict: the safer settings
         updated with these values; False: no retry.
+    series : str, optional
+        A name shared by the single points of one optimisation. A kind that keeps a
+        converged state (serial GPAW) starts from the calculator of the series' previous
+        single point when this process ran it (:mod:`oamlm_dist.warm`); attempts record
+        ``warm_start``.
 
     Returns
     -------
@@ -602,6 +622,9 @@ def fine_single_point(
     current: FineCalculator | None = kind
     while current is not None:
         work = current.prepare(atoms)
+        if current.warm_starts:
+            work.calc = warm.take(series, current.settings)
+        warm_start = work.calc is not None
         t0 = time.perf_counter()
         try:
             with limit_threads(current.settings.get("threads")):
@@ -614,6 +637,7 @@ def fine_single_point(
                 "outcome": "scf_not_converged" if scf else "error",
                 "message": message,
                 "wall_s": time.perf_counter() - t0,
+                "warm_start": warm_start,
             })
             if not scf:
                 raise FineCalculationError(
@@ -638,6 +662,7 @@ def fine_single_point(
             "outcome": "ok" if finite else "non_finite",
             "message": "" if finite else "non-finite energy or forces",
             "wall_s": wall,
+            "warm_start": warm_start,
         })
         if not finite:
             raise FineCalculationError(
@@ -650,6 +675,8 @@ def fine_single_point(
                 f"{forces.shape}, expected {(len(atoms), 3)}",
                 atoms=_plain_copy(atoms), attempts=attempts,
             )
+        if current.warm_starts:
+            warm.keep(series, current.settings, work.calc)
         return FineResult(
             energy=energy,
             forces=forces,

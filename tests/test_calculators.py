@@ -8,11 +8,14 @@ import pickle
 import numpy as np
 import pytest
 from ase.build import bulk, molecule
+from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from oamlm_dist import warm
 from oamlm_dist.calculators import (
     CALCULATORS,
     FineResult,
+    GPAWCalculator,
     XTBCalculator,
     calculator_settings,
     ensure_cell,
@@ -129,6 +132,47 @@ def test_other_crashes_and_non_finite_results_are_fine_calculation_errors(monkey
     assert [a["outcome"] for a in info.value.attempts] == ["non_finite"]
 
 
+class _FlakyEMT(EMT):
+    """EMT that raises while ``failing`` is set: a crash of a warm calculator."""
+
+    failing = False
+
+    def calculate(self, *args, **kwargs):
+        if self.failing:
+            raise RuntimeError("worker ran out of memory")
+        super().calculate(*args, **kwargs)
+
+
+def test_series_reuses_its_calculator_and_a_failure_drops_it(monkeypatch):
+    # GPAW's warm-start path with EMT inside: the mechanism without GPAW's cost
+    monkeypatch.setattr(GPAWCalculator, "build", lambda self: _FlakyEMT())
+    monkeypatch.setattr(_FlakyEMT, "failing", False)
+    warm.clear()
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True)
+    moved = cu.copy()
+    moved.rattle(0.05, seed=2)
+
+    def warm_start(atoms, series, **params):
+        result = fine_single_point(atoms, "gpaw", params, series=series)
+        assert result.energy == pytest.approx(fine_single_point(atoms, "emt").energy)
+        return [a["warm_start"] for a in result.attempts]
+
+    assert warm_start(cu, "a") == [False]
+    assert warm_start(moved, "a") == [True]  # the same calculator, at a new geometry
+    assert warm_start(cu, "a", basis="sz") == [False]  # other settings: another calculator
+    assert warm_start(cu, "b", basis="sz") == [False]  # one series kept per process
+    assert warm_start(moved, "a", basis="sz") == [False]
+    assert warm_start(cu, None) == [False]  # no series: nothing kept or taken
+    assert warm_start(moved, "a", basis="sz") == [True]
+    monkeypatch.setattr(_FlakyEMT, "failing", True)
+    with pytest.raises(FineCalculationError) as info:
+        fine_single_point(cu, "gpaw", {"basis": "sz"}, series="a")
+    assert [a["warm_start"] for a in info.value.attempts] == [True]
+    monkeypatch.setattr(_FlakyEMT, "failing", False)
+    assert warm_start(cu, "a", basis="sz") == [False]  # the failed calculator was dropped
+    warm.clear()
+
+
 # ----------------------------------------------------------------------------- xTB
 def test_xtb_gfn2_forces_match_finite_differences():
     # a slightly distorted Au4(SCH3)4 ring: forces of ~0.1-1 eV/Å on every element
@@ -200,6 +244,25 @@ def test_gpaw_lcao_forces_match_finite_difference():
     fd = _fd_force(boxed, "gpaw", params, index, axis, step=0.01)
     assert abs(res.forces[index, axis]) > 0.5
     assert abs(res.forces[index, axis] - fd) < 0.05, (res.forces[index, axis], fd)
+
+
+@pytest.mark.gpaw
+def test_gpaw_warm_start_gives_the_cold_result_faster():
+    h2s = ensure_cell(molecule("SH2"), 3.0)
+    h2s.positions[1] += [0.0, 0.08, 0.05]
+    moved = h2s.copy()
+    moved.positions[0, 2] += 0.03
+    warm.clear()
+    fine_single_point(h2s, "gpaw", series="h2s")
+    warmed = fine_single_point(moved, "gpaw", series="h2s")
+    cold = fine_single_point(moved, "gpaw")
+    warm.clear()
+    assert [a["warm_start"] for a in warmed.attempts + cold.attempts] == [True, False]
+    # the SCF converges to the same state from either start (measured: 2e-8 eV, 3e-4 eV/Å)
+    assert warmed.energy == pytest.approx(cold.energy, abs=1e-4)
+    assert np.abs(warmed.forces - cold.forces).max() < 0.01
+    # no basis and grid set-up, fewer SCF iterations (measured: 9 s against 27 s)
+    assert warmed.wall_s < 0.7 * cold.wall_s, (warmed.wall_s, cold.wall_s)
 
 
 @pytest.mark.gpaw

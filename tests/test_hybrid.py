@@ -152,15 +152,16 @@ def test_the_linear_residual_is_used_only_while_it_predicts_the_fine_points(dask
     assert any(used["wrong"]) and used["perfect"] and not any(used["perfect"])
 
 
-def failing_on_third_call(atoms, calculator, params):
+def failing_on_third_call(atoms, calculator, params, **options):
     """A fine single point whose SCF fails on its third use (counted in a file)."""
+    assert options == {"series": "au13"}, options  # warm starts: the optimisation's name
     counter = Path(os.environ["OAMLM_TEST_COUNTER"])
     with counter.open("a") as handle:
         handle.write("x")
     if counter.stat().st_size == 3:
         raise SCFConvergenceError("xtb SCF did not converge on Au13 (test)", atoms=atoms,
                                   attempts=[{"outcome": "scf_not_converged"}] * 2)
-    return real_single_point(atoms, calculator, params)
+    return real_single_point(atoms, calculator, params, **options)
 
 
 def test_failed_fine_calculation_stops_with_reason_and_keeps_frames(tmp_path, monkeypatch):

@@ -163,15 +163,16 @@ def _check_describes(ensemble: ForceEnsemble, atoms: Atoms, name: str) -> None:
                          f"{exc}") from exc
 
 
-def fine_task(atoms: Atoms, calculator: str, params: dict) -> dict:
+def fine_task(atoms: Atoms, calculator: str, params: dict, series: str | None = None) -> dict:
     """Dask task: one fine single point (retried once with safer settings on SCF failure).
 
     A calculation that still fails is returned as ``{"error", "attempts"}``, not raised:
     repeating it unchanged would fail again. Lost workers are handled by the scheduler,
-    which reruns the task elsewhere.
+    which reruns the task elsewhere. ``series`` (the optimisation's name) lets a worker that
+    ran the previous fine call of the same optimisation start from its converged state.
     """
     try:
-        result = fine_single_point(atoms, calculator, params)
+        result = fine_single_point(atoms, calculator, params, series=series)
     except FineCalculationError as exc:
         return {"error": str(exc), "attempts": exc.attempts}
     return {"energy": result.energy, "forces": result.forces, "attempts": result.attempts,
@@ -531,7 +532,7 @@ def _submit(client, optimizer: HybridOptimizer, positions: np.ndarray):
     atoms.set_positions(positions, apply_constraint=False)
     key = f"fine-{optimizer.name}-call{optimizer.state.fine_calls + 1}-{time.time_ns()}"
     return client.submit(fine_task, atoms, optimizer.calculator, optimizer.params,
-                         resources={FINE_RESOURCE: 1}, key=key, pure=False)
+                         optimizer.name, resources={FINE_RESOURCE: 1}, key=key, pure=False)
 
 
 def optimize_many(optimizers: list[HybridOptimizer], client, on_round=None) -> list[dict]:

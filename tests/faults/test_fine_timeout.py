@@ -22,11 +22,11 @@ RELEASE = threading.Event()
 CALLS = itertools.count(1)
 
 
-def hangs_on_second_call(atoms, calculator, params):
+def hangs_on_second_call(atoms, calculator, params, **options):
     """A fine single point that never returns on its second use (until the test ends)."""
     if next(CALLS) == 2:
         RELEASE.wait(60)
-    return real_single_point(atoms, calculator, params)
+    return real_single_point(atoms, calculator, params, **options)
 
 
 def test_hanging_fine_calculation_times_out_and_is_recorded(tmp_path, monkeypatch):

@@ -235,7 +235,7 @@ def slow_once(claim: str, call: str, seconds: float):
     import the tests."""
     real = hybrid.fine_task
 
-    def fine_task(atoms, calculator, params):
+    def fine_task(atoms, calculator, params, series=None):
         from distributed import get_worker
 
         if f"fine-{call}-" in str(get_worker().get_current_task()):
@@ -247,7 +247,7 @@ def slow_once(claim: str, call: str, seconds: float):
                 os.write(handle, repr(time.time()).encode())
                 os.close(handle)
                 time.sleep(seconds)
-        return real(atoms, calculator, params)
+        return real(atoms, calculator, params, series)
 
     return fine_task
 
