@@ -545,8 +545,9 @@ class FineResult:
         The JSON-able settings of the attempt that succeeded.
     attempts : list of dict
         Every attempt in order: ``settings``, ``outcome`` (``"ok"``,
-        ``"scf_not_converged"``, ``"error"``, ``"non_finite"``), ``message``, ``wall_s``
-        and ``warm_start`` (started from the series' previous calculator).
+        ``"scf_not_converged"``, ``"error"``, ``"non_finite"``), ``message``, ``wall_s``,
+        ``warm_start`` (started from the series' previous calculator) and, where the
+        calculator reports them (GPAW), ``scf_iterations`` of a completed attempt.
     wall_s : float
         Wall time of all attempts (s).
     calculator : str
@@ -663,6 +664,7 @@ def fine_single_point(
             "message": "" if finite else "non-finite energy or forces",
             "wall_s": wall,
             "warm_start": warm_start,
+            "scf_iterations": _scf_iterations(work.calc),
         })
         if not finite:
             raise FineCalculationError(
@@ -686,6 +688,12 @@ def fine_single_point(
             calculator=kind.name,
         )
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _scf_iterations(calculator: Calculator | None) -> int | None:
+    """SCF iterations of the latest single point, where the calculator reports them (GPAW)."""
+    count = getattr(calculator, "get_number_of_iterations", None)
+    return None if count is None else int(count())
 
 
 def _plain_copy(atoms: Atoms) -> Atoms:
