@@ -14,6 +14,7 @@ from distributed import Client, LocalCluster
 from oamlm_dist.descriptors import SoapSettings
 from oamlm_dist.errors import InputError, SCFConvergenceError
 from oamlm_dist.optimize import hybrid
+from oamlm_dist.optimize.finesteps import FineBFGS
 from oamlm_dist.optimize.hybrid import (
     CorrectedForceField,
     HybridOptimizer,
@@ -331,6 +332,38 @@ def test_after_an_uphill_fine_step_the_ml_round_starts_from_the_best_point():
     trust = optimizer.trust.radius
     assert np.linalg.norm(target - best, axis=1).max() <= trust + 1e-9
     assert np.linalg.norm(target - uphill, axis=1).max() > trust
+
+
+class NoModel:
+    """A model that never predicts: every step is a step on the fine results alone."""
+
+    ready = False
+
+    def add(self, frames, weight=1.0):
+        pass
+
+
+def test_gpmin_steps_that_go_uphill_twice_give_way_to_bfgs_steps():
+    """Fine energies made to rise at every call: the second GPMin step that ends above the
+    best point switches the fine steps to BFGS's, from the latest point, exactly the step of
+    a BFGS fed the same fine points."""
+    optimizer = HybridOptimizer(start_structure(), NoModel(), "emt", name="switch")
+    shadow = FineBFGS(3 * len(optimizer.atoms), optimizer.settings.fine_maxstep)
+    x = optimizer.start()
+    for call in range(3):
+        result = emt_result(optimizer.atoms, x)
+        result["energy"] += 100.0 * call  # above every earlier point
+        shadow.update(x.ravel(), result["energy"], result["forces"].ravel())
+        following = optimizer.tell(result)
+        assert optimizer.state.rounds[-1]["kind"] == ("start" if call == 0 else "fine-step")
+        assert (optimizer.fine_steps.gp is None) is (call == 2), call
+        if call < 2:  # GPMin's steps start from the best point, the start
+            assert optimizer.fine_steps.from_best
+        x = following
+    latest = optimizer.points[-1]
+    expected = latest.positions.ravel() + shadow.step(latest.positions.ravel(),
+                                                      latest.forces.ravel())
+    np.testing.assert_allclose(x.ravel(), expected, atol=1e-12)
 
 
 def test_after_repeated_uphill_rounds_at_the_smallest_radius_fine_steps_finish(dask_client):

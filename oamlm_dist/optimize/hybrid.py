@@ -20,8 +20,9 @@ better than a constant residual (:mod:`.residual`). After a fine result:
 * after ``floor_failures`` uphill rounds at the smallest radius, the model's force changes
   are too coarse near this minimum: the run is finished on fine steps;
 * otherwise: a step on the fine results alone (:mod:`.finesteps`): by default GPMin's, from
-  the best point on a Gaussian process fitted to every fine energy and force so far; or
-  BFGS's. In the worst case this is the plain fine optimiser plus the rejected rounds.
+  the best point on a Gaussian process fitted to every fine energy and force so far, until
+  two of them went uphill; or BFGS's. In the worst case this is the plain fine optimiser
+  plus the rejected rounds.
 
 With a bootstrap ensemble (``ensemble=``), an ML round also ends where the ensemble's
 uncertainty of the surrogate exceeds ``max_uncertainty`` (:mod:`.uncertainty`): the
@@ -278,6 +279,8 @@ class HybridOptimizer:
         self._update_residual()
         best = min(self.points, key=lambda p: p.energy)
         uphill = point.energy > best.energy + s.energy_tolerance
+        if uphill and point.kind in ("fine-step", "backtrack"):
+            self.fine_steps.went_uphill()
         if point.kind == "ml":
             anchor = self.ml_anchor
             rho = reduction_ratio(point.energy - anchor.energy, self.ml_predicted)
