@@ -1,11 +1,13 @@
 """A force model that learns from fine calculations during an optimisation, in memory.
 
-A pre-trained model keeps its references and scaler; each new fine frame adds its rows to
+A pre-trained class keeps its references and scaler; each new fine frame adds its rows to
 the stored normal equations (weighted, so the newest environments count more) and the class
-models are solved again. From a cold start there is no model: the first fine frames become
-the training set and the model is rebuilt from all of them after every fine call (the data
-are tiny, so K = all rows). The model in the store is never modified; the fine frames
-themselves are stored by the optimiser, so ``fit --update`` can fold them in later.
+model is solved again. A class the model lacks (all of them at a cold start; a class the
+pre-training data never had, such as a core Au atom in a structure whose model learnt only
+rings) is built from the fine rows of that class alone and rebuilt from all of them after
+every fine call (the data are tiny, so K = all rows). The model in the store is never
+modified; the fine frames themselves are stored by the optimiser, so ``fit --update`` can
+fold them in later.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from oamlm_dist.describe import DescriptorSpec, describe_frames
 from oamlm_dist.descriptors import SoapSettings
 from oamlm_dist.environments import class_permutations
 from oamlm_dist.forcefield import ForceModel
+from oamlm_dist.models.class_model import ClassModel
 from oamlm_dist.models.regression import NormalEquations
 from oamlm_dist.store import Store
 from oamlm_dist.training import (
@@ -42,8 +45,8 @@ class OnlineModel:
         self.settings = settings
         self.model = model
         self.equations = equations or {}
-        self.frames: list[Atoms] = []  # fine frames seen (cold start retrains on all)
-        self.cold = model is None
+        self.pretrained_classes = set(model.classes) if model is not None else set()
+        self.rows_here: dict[str, list[dict]] = {}  # fine rows of the classes built here
 
     @classmethod
     def pretrained(cls, store: Store, name: str) -> OnlineModel:
@@ -65,36 +68,34 @@ class OnlineModel:
 
     def add(self, frames: list[Atoms], weight: float = 1.0) -> None:
         """Learn from fine frames (with forces)."""
-        self.frames.extend(frames)
-        if self.cold:
-            self._rebuild()
-            return
         rows = describe_frames(frames, self.spec)
         settings = asdict(self.settings)
-        classes = dict(self.model.classes)
+        classes = dict(self.model.classes) if self.model is not None else {}
         for class_name, fields in rows.items():
-            if class_name not in classes:
-                continue  # a pre-trained model has no references for a new class
-            cm = classes[class_name]
-            D_in, D_c, D_g = training_matrices(cm, fields)
-            new = equations_of(D_in, D_c, D_g, fields["norm"], np.full(len(D_in), weight))
-            self.equations[class_name] = self.equations[class_name] + new
-            classes[class_name] = solve_class_model(cm, self.equations[class_name], settings)
-        self.model = ForceModel(self.model.name, self.spec, classes)
+            if class_name in self.pretrained_classes:
+                cm = classes[class_name]
+                D_in, D_c, D_g = training_matrices(cm, fields)
+                new = equations_of(D_in, D_c, D_g, fields["norm"],
+                                   np.full(len(D_in), weight))
+                self.equations[class_name] = self.equations[class_name] + new
+                classes[class_name] = solve_class_model(cm, self.equations[class_name],
+                                                        settings)
+            else:
+                self.rows_here.setdefault(class_name, []).append(fields)
+                classes[class_name] = self._built_here(class_name)
+        name = self.model.name if self.model is not None else "online"
+        self.model = ForceModel(name, self.spec, classes)
 
-    def _rebuild(self) -> None:
-        rows = describe_frames(self.frames, self.spec)
-        settings = asdict(self.settings)
-        classes = {}
-        for class_name, fields in rows.items():
-            perms = class_permutations(self.spec.scheme, class_name, self.spec.neighbours)
-            scaler, refs, _ = references_from_rows(fields, perms, self.spec, self.settings)
-            cm = initial_class_model(class_name, scaler, refs, self.settings)
-            D_in, D_c, D_g = training_matrices(cm, fields)
-            equations = equations_of(D_in, D_c, D_g, fields["norm"])
-            classes[class_name] = solve_class_model(cm, equations, settings)
-            self.equations[class_name] = equations
-        self.model = ForceModel("online", self.spec, classes)
+    def _built_here(self, class_name: str) -> ClassModel:
+        """A class model from every fine row of the class seen so far (K = all rows)."""
+        parts = self.rows_here[class_name]
+        fields = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+        perms = class_permutations(self.spec.scheme, class_name, self.spec.neighbours)
+        scaler, refs, _ = references_from_rows(fields, perms, self.spec, self.settings)
+        cm = initial_class_model(class_name, scaler, refs, self.settings)
+        D_in, D_c, D_g = training_matrices(cm, fields)
+        self.equations[class_name] = equations_of(D_in, D_c, D_g, fields["norm"])
+        return solve_class_model(cm, self.equations[class_name], asdict(self.settings))
 
     def predict(self, atoms: Atoms) -> dict[str, np.ndarray]:
         return self.model.predict(atoms)
