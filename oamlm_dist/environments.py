@@ -91,7 +91,8 @@ MAX_NEIGHBOURS = 8
 THIOLATE_CLASSES = ("Au_core", "Au_unit", "S", "C", "H")
 _THIOLATE_Z = {"Au_core": 79, "Au_unit": 79, "S": 16, "C": 6, "H": 1}
 _THIOLATE_WIDTH = {"Au_core": CORE_WIDTH, "Au_unit": 6, "S": 3, "C": 4, "H": 3}
-_THIOLATE_HINT = "the thiolate scheme covers Au–SCH3 systems only, use --scheme element"
+_THIOLATE_HINT = ("the thiolate scheme covers intact Au–SCH3 systems only (use --scheme element "
+                  "for other chemistry or for dissociating structures)")
 
 # Centre-candidate pairs per distance block: bounds memory on large frames.
 _PAIR_BLOCK = 1 << 20
