@@ -45,7 +45,6 @@ class OnlineModel:
         self.settings = settings
         self.model = model
         self.equations = equations or {}
-        self.pretrained_classes = set(model.classes) if model is not None else set()
         self.rows_here: dict[str, list[dict]] = {}  # fine rows of the classes built here
 
     @classmethod
@@ -72,7 +71,7 @@ class OnlineModel:
         settings = asdict(self.settings)
         classes = dict(self.model.classes) if self.model is not None else {}
         for class_name, fields in rows.items():
-            if class_name in self.pretrained_classes:
+            if class_name in classes and class_name not in self.rows_here:  # pre-trained
                 cm = classes[class_name]
                 D_in, D_c, D_g = training_matrices(cm, fields)
                 new = equations_of(D_in, D_c, D_g, fields["norm"],
@@ -82,11 +81,11 @@ class OnlineModel:
                                                         settings)
             else:
                 self.rows_here.setdefault(class_name, []).append(fields)
-                classes[class_name] = self._built_here(class_name)
+                classes[class_name] = self._built_here(class_name, settings)
         name = self.model.name if self.model is not None else "online"
         self.model = ForceModel(name, self.spec, classes)
 
-    def _built_here(self, class_name: str) -> ClassModel:
+    def _built_here(self, class_name: str, settings: dict) -> ClassModel:
         """A class model from every fine row of the class seen so far (K = all rows)."""
         parts = self.rows_here[class_name]
         fields = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
@@ -95,7 +94,7 @@ class OnlineModel:
         cm = initial_class_model(class_name, scaler, refs, self.settings)
         D_in, D_c, D_g = training_matrices(cm, fields)
         self.equations[class_name] = equations_of(D_in, D_c, D_g, fields["norm"])
-        return solve_class_model(cm, self.equations[class_name], asdict(self.settings))
+        return solve_class_model(cm, self.equations[class_name], settings)
 
     def predict(self, atoms: Atoms) -> dict[str, np.ndarray]:
         return self.model.predict(atoms)
