@@ -62,9 +62,10 @@ def test_fine_bfgs_takes_the_steps_of_ase_bfgs():
 def test_fine_gp_visits_the_geometries_of_ase_gpmin():
     """To convergence, including GPMin's retry after an uphill point (it is learnt, and
     the step redone from the best point)."""
-    start = start_structure(0.25, seed=4)
+    start = start_structure(0.2, seed=1)
     reference, energies = ase_visits(GPMin, start, steps=60)
     assert (np.diff(energies) > 0).any()
+    assert max(energies) - min(energies) < finesteps.GP_PRIOR_CAP  # GPMin's prior rule
     mine = own_visits(FineGP(), start, len(reference), from_best=True)
     np.testing.assert_allclose(np.array(mine), np.array(reference), atol=1e-7)
 
@@ -73,7 +74,7 @@ def test_fine_steps_switch_to_bfgs_when_the_process_is_full(monkeypatch):
     """With room for 4 points, the first 4 steps are GPMin's from the best point; later ones
     are BFGS's from the latest point, with a Hessian updated by every point."""
     monkeypatch.setattr(finesteps, "GP_MAX_ROWS", 4 * (3 * 13 + 1))
-    start = start_structure(0.25, seed=4)
+    start = start_structure(0.2, seed=1)
     steps, shadow = FineSteps(3 * 13, maxstep=0.2), FineBFGS(3 * 13, maxstep=0.2)
     reference, _ = ase_visits(GPMin, start, steps=4)
     probe = start.copy()
@@ -93,3 +94,37 @@ def test_fine_steps_switch_to_bfgs_when_the_process_is_full(monkeypatch):
         else:
             np.testing.assert_allclose(steps.step(x, f), shadow.step(x, f), atol=1e-12)
         probe.set_positions((x + steps.step(x, f)).reshape(-1, 3))
+
+
+def calls_to_converge(fine_gp: FineGP, start, limit: int = 60) -> tuple[int, float]:
+    """Fine calls of GPMin's steps (from the best point) until fmax <= 0.05, and the energy."""
+    probe = start.copy()
+    probe.calc = EMT()
+    points = []
+    for call in range(1, limit + 1):
+        x, f = probe.get_positions().ravel(), probe.get_forces().ravel()
+        energy = probe.get_potential_energy()
+        if np.linalg.norm(f.reshape(-1, 3), axis=1).max() <= 0.05:
+            return call, energy
+        points.append((energy, x, f))
+        fine_gp.update(x, energy, f)
+        _, x, f = min(points, key=lambda p: p[0])
+        probe.set_positions((x + fine_gp.step(x, f)).reshape(-1, 3))
+    raise AssertionError(f"no convergence in {limit} calls")
+
+
+def test_fine_gp_prior_cap_lengthens_the_steps_from_a_start_far_above(monkeypatch):
+    """A cluster compressed to 80 % starts about 40 eV above its minimum: with GPMin's prior
+    at that energy the steps stay short; capped, the same minimum takes fewer calls."""
+    start = start_structure(0.1, seed=1)
+    centre = start.get_center_of_mass()
+    start.positions = centre + 0.8 * (start.positions - centre)
+    cap = finesteps.GP_PRIOR_CAP
+    capped_calls, capped_energy = calls_to_converge(FineGP(), start)
+    monkeypatch.setattr(finesteps, "GP_PRIOR_CAP", np.inf)
+    gpmin_calls, gpmin_energy = calls_to_converge(FineGP(), start)
+    probe = start.copy()
+    probe.calc = EMT()
+    assert probe.get_potential_energy() - gpmin_energy > 3 * cap
+    assert capped_calls < gpmin_calls
+    assert abs(capped_energy - gpmin_energy) < 1e-3
