@@ -2,7 +2,9 @@
 
 Systems: Au_n(SCH3)_n rings (n = 4..7) and a C10 alkane, relaxed with xTB, then rattled
 (0.15 Å, fixed seeds); every optimiser starts from the same geometry and stops at fine
-fmax <= 0.05 eV/Å. Peers run on xTB directly: ASE BFGS, LBFGS, FIRE and GPMin. The hybrid
+fmax <= 0.05 eV/Å. Peers run on xTB directly: ASE BFGS, LBFGS, FIRE and GPMin, and the
+hybrid's own fine steps without a model (``fine_steps_alone``: what the hybrid does where the
+model disagrees, so the difference to it is what the model contributes). The hybrid
 runs with a model pre-trained on MD of *other* ring sizes (3 and 8; alkanes C2-C4 for C10),
 with and without speculative ML rounds, and from a cold start. The fine calculator is
 GFN2-xTB, except on Au7(SCH3)7: GFN2-xTB's SCF fails along every relaxation of that ring
@@ -31,6 +33,7 @@ from ase.optimize import BFGS, FIRE, LBFGS, GPMin
 from oamlm_dist.calculators import calculator_settings, make_calculator
 from oamlm_dist.cluster import get_client
 from oamlm_dist.describe import describe
+from oamlm_dist.optimize.finesteps import FineSteps
 from oamlm_dist.optimize.hybrid import HybridOptimizer, HybridSettings, optimize_many
 from oamlm_dist.optimize.run import online_model
 from oamlm_dist.sample import MDSettings, sample
@@ -89,6 +92,33 @@ def run_peer(cls, start, calculator: str = "xtb", params: dict | None = None,
     return result
 
 
+def run_fine_steps(start, params: dict | None = None, max_calls: int = 400) -> dict:
+    """The hybrid's steps on fine results alone (:class:`FineSteps` with its settings, the
+    same uphill rule), on xTB from ``start``, for at most ``max_calls`` fine calls."""
+    atoms = start.copy()
+    counter = CountingCalculator("xtb", params)
+    atoms.calc = counter
+    settings = HybridSettings(fmax=FMAX)
+    steps = FineSteps(3 * len(atoms), settings.fine_maxstep, gp=settings.fine_gp)
+    points = []
+    started = time.perf_counter()
+    while True:
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces().ravel()
+        x = atoms.get_positions().ravel()
+        points.append((energy, x, forces))
+        converged = bool(np.linalg.norm(forces.reshape(-1, 3), axis=1).max() <= FMAX)
+        if converged or counter.calls >= max_calls:
+            break
+        steps.update(x, energy, forces)
+        best = min(points, key=lambda p: p[0])
+        if energy > best[0] + settings.energy_tolerance:
+            steps.went_uphill()
+        _, x, forces = best if steps.from_best else points[-1]
+        atoms.set_positions((x + steps.step(x, forces)).reshape(-1, 3))
+    return {"fine_calls": counter.calls, "energy": float(energy), "converged": converged,
+            "wall_s": round(time.perf_counter() - started, 1)}
+
+
 def versus_bfgs(bfgs: dict, result: dict) -> dict:
     """An optimiser's fine-call ratio to BFGS and its final energy minus BFGS's (meV)."""
     return {"fine_call_ratio_vs_bfgs": round(bfgs["fine_calls"] / max(result["fine_calls"], 1),
@@ -142,6 +172,7 @@ def main() -> dict:
             start = rattle(xtb_minimum(atoms, fine), 0.15, seed=10 + index)
             row = {peer.__name__: run_peer(peer, start, "xtb", fine)
                    for peer in (BFGS, LBFGS, FIRE, GPMin)}
+            row["fine_steps_alone"] = run_fine_steps(start, fine)
             kind = "alkane" if name.startswith("alkane") else "ring"
             store, model_name = models[kind]
             variants = (("hybrid_pretrained", model_name, True),
