@@ -92,11 +92,12 @@ def run_peer(cls, start, calculator: str = "xtb", params: dict | None = None,
     return result
 
 
-def run_fine_steps(start, params: dict | None = None, max_calls: int = 400) -> dict:
+def run_fine_steps(start, calculator: str = "xtb", params: dict | None = None,
+                   max_calls: int = 400) -> dict:
     """The hybrid's steps on fine results alone (:class:`FineSteps` with its settings, the
-    same uphill rule), on xTB from ``start``, for at most ``max_calls`` fine calls."""
+    same uphill rule) from ``start``, for at most ``max_calls`` fine calls."""
     atoms = start.copy()
-    counter = CountingCalculator("xtb", params)
+    counter = CountingCalculator(calculator, params)
     atoms.calc = counter
     settings = HybridSettings(fmax=FMAX)
     steps = FineSteps(3 * len(atoms), settings.fine_maxstep, gp=settings.fine_gp)
@@ -172,7 +173,7 @@ def main() -> dict:
             start = rattle(xtb_minimum(atoms, fine), 0.15, seed=10 + index)
             row = {peer.__name__: run_peer(peer, start, "xtb", fine)
                    for peer in (BFGS, LBFGS, FIRE, GPMin)}
-            row["fine_steps_alone"] = run_fine_steps(start, fine)
+            row["fine_steps_alone"] = run_fine_steps(start, "xtb", fine)
             kind = "alkane" if name.startswith("alkane") else "ring"
             store, model_name = models[kind]
             variants = (("hybrid_pretrained", model_name, True),
