@@ -36,26 +36,33 @@ def ase_visits(optimizer_class, start, steps: int) -> tuple[list[np.ndarray], li
     return [x for x, _ in atoms.calc.visited], [e for _, e in atoms.calc.visited]
 
 
-def own_visits(fine_steps, start, n_calls: int, from_best: bool) -> list[np.ndarray]:
-    """Evaluate, update, step from the latest or the best point, as the hybrid does."""
+def own_visits(fine_steps, start, n_calls: int, from_best: bool, fmax: float | None = None
+               ) -> tuple[list[np.ndarray], list[float]]:
+    """Evaluate, update, step from the latest or the best point, as the hybrid does, for
+    ``n_calls`` calls or until the largest force is at most ``fmax``: the geometries
+    evaluated, and their energies."""
     probe = start.copy()
     probe.calc = EMT()
-    points, visited = [], []
+    points, visited, energies = [], [], []
     for _ in range(n_calls):
         x, f = probe.get_positions().ravel(), probe.get_forces().ravel()
         energy = probe.get_potential_energy()
         visited.append(probe.get_positions().copy())
+        energies.append(energy)
+        if fmax is not None and np.linalg.norm(f.reshape(-1, 3), axis=1).max() <= fmax:
+            break
         points.append((energy, x, f))
         fine_steps.update(x, energy, f)
         _, x, f = min(points, key=lambda p: p[0]) if from_best else points[-1]
         probe.set_positions((x + fine_steps.step(x, f)).reshape(-1, 3))
-    return visited
+    return visited, energies
 
 
 def test_fine_bfgs_takes_the_steps_of_ase_bfgs():
     start = start_structure(0.15, seed=3)
     reference, _ = ase_visits(BFGS, start, steps=6)
-    mine = own_visits(FineBFGS(3 * 13, maxstep=0.2), start, len(reference), from_best=False)
+    mine, _ = own_visits(FineBFGS(3 * 13, maxstep=0.2), start, len(reference),
+                         from_best=False)
     np.testing.assert_allclose(np.array(mine), np.array(reference), atol=1e-10)
 
 
@@ -66,7 +73,7 @@ def test_fine_gp_visits_the_geometries_of_ase_gpmin():
     reference, energies = ase_visits(GPMin, start, steps=60)
     assert (np.diff(energies) > 0).any()
     assert max(energies) - min(energies) < finesteps.GP_PRIOR_CAP  # GPMin's prior rule
-    mine = own_visits(FineGP(), start, len(reference), from_best=True)
+    mine, _ = own_visits(FineGP(), start, len(reference), from_best=True)
     np.testing.assert_allclose(np.array(mine), np.array(reference), atol=1e-7)
 
 
@@ -96,21 +103,11 @@ def test_fine_steps_switch_to_bfgs_when_the_process_is_full(monkeypatch):
         probe.set_positions((x + steps.step(x, f)).reshape(-1, 3))
 
 
-def calls_to_converge(fine_gp: FineGP, start, limit: int = 60) -> tuple[int, float]:
+def calls_to_converge(start, limit: int = 60) -> tuple[int, float]:
     """Fine calls of GPMin's steps (from the best point) until fmax <= 0.05, and the energy."""
-    probe = start.copy()
-    probe.calc = EMT()
-    points = []
-    for call in range(1, limit + 1):
-        x, f = probe.get_positions().ravel(), probe.get_forces().ravel()
-        energy = probe.get_potential_energy()
-        if np.linalg.norm(f.reshape(-1, 3), axis=1).max() <= 0.05:
-            return call, energy
-        points.append((energy, x, f))
-        fine_gp.update(x, energy, f)
-        _, x, f = min(points, key=lambda p: p[0])
-        probe.set_positions((x + fine_gp.step(x, f)).reshape(-1, 3))
-    raise AssertionError(f"no convergence in {limit} calls")
+    visited, energies = own_visits(FineGP(), start, limit, from_best=True, fmax=0.05)
+    assert len(visited) < limit, f"no convergence in {limit} calls"  # stopped early: converged
+    return len(visited), energies[-1]
 
 
 def test_fine_gp_prior_cap_lengthens_the_steps_from_a_start_far_above(monkeypatch):
@@ -120,9 +117,9 @@ def test_fine_gp_prior_cap_lengthens_the_steps_from_a_start_far_above(monkeypatc
     centre = start.get_center_of_mass()
     start.positions = centre + 0.8 * (start.positions - centre)
     cap = finesteps.GP_PRIOR_CAP
-    capped_calls, capped_energy = calls_to_converge(FineGP(), start)
+    capped_calls, capped_energy = calls_to_converge(start)
     monkeypatch.setattr(finesteps, "GP_PRIOR_CAP", np.inf)
-    gpmin_calls, gpmin_energy = calls_to_converge(FineGP(), start)
+    gpmin_calls, gpmin_energy = calls_to_converge(start)
     probe = start.copy()
     probe.calc = EMT()
     assert probe.get_potential_energy() - gpmin_energy > 3 * cap
