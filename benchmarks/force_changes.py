@@ -6,7 +6,10 @@ directly. At a point x and a random direction d (largest atom move 1 Å), the ch
 Δf = f(x + ε d) − f(x) of a model is compared with GFN2-xTB's for ε = 1e-4 ... 5e-2 Å:
 the force-weighted angle between the two changes, and per element the ratio of their norms.
 A model with continuous forces has a ratio that settles as ε → 0 (its Jacobian); a ratio
-that grows like 1/ε is a jump (a discontinuity of the model at x).
+that grows like 1/ε is a jump (a discontinuity of the model at x). The learnt forces are a
+norm (EMLM) times a direction (OAMLM); ``learnt_norm_only`` and ``learnt_direction_only``
+vary one factor and hold the other at its value at x, which shows where the model's force
+changes come from. ``force_norm`` gives each model's mean force norm per element at both points.
 
 Points: the GFN2-xTB minimum of Au6(SCH3)6, a ring size the model never saw (the end-game of
 every relaxation happens near such a minimum), and the same structure moved at random by
@@ -34,6 +37,7 @@ from machine import machine_facts
 
 from oamlm_dist.calculators import fine_single_point
 from oamlm_dist.cluster import get_client
+from oamlm_dist.describe import describe_frames
 from oamlm_dist.forcefield import ForceModel
 from oamlm_dist.models.oamlm import weighted_angle_deg
 from oamlm_dist.structures import gold_thiolate_ring
@@ -74,6 +78,30 @@ def compare(model: np.ndarray, fine: np.ndarray, symbols: np.ndarray) -> dict:
     return rows
 
 
+def norm_and_direction(model: ForceModel, atoms) -> tuple[np.ndarray, np.ndarray]:
+    """The model's force norms (n,) and unit directions (n, 3) of a structure."""
+    rows = describe_frames([atoms], model.spec)
+    norms, directions = np.zeros(len(atoms)), np.zeros((len(atoms), 3))
+    for class_name, prediction in model.predict_rows(rows).items():
+        atom = rows[class_name]["atom"]
+        norms[atom], directions[atom] = prediction["norm"], prediction["direction"]
+    return norms, directions
+
+
+def split_learnt(model: ForceModel, atoms) -> dict[str, Callable]:
+    """The learnt forces with only their norms, or only their directions, varying from
+    ``atoms`` (the other factor held at its value there)."""
+    norm0, direction0 = norm_and_direction(model, atoms)
+    return {"learnt_norm_only": lambda a: norm_and_direction(model, a)[0][:, None] * direction0,
+            "learnt_direction_only": lambda a: norm0[:, None] * norm_and_direction(model, a)[1]}
+
+
+def mean_norms(forces: np.ndarray, symbols: np.ndarray) -> dict:
+    """Mean force norm per element (eV/Å)."""
+    return {e: round(float(np.linalg.norm(forces[symbols == e], axis=1).mean()), 3)
+            for e in ELEMENTS}
+
+
 def main() -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ring", type=int, default=6)
@@ -103,18 +131,22 @@ def main() -> dict:
     generic = minimum.copy()
     generic.positions += args.generic * rng.normal(size=generic.positions.shape)
     symbols = np.array(minimum.get_chemical_symbols())
-    results = {}
+    results, norms = {}, {}
     for point, atoms in (("minimum", minimum), ("generic", generic)):
+        norms[point] = {label: mean_norms(forces(atoms), symbols)
+                        for label, forces in {"fine": xtb_forces({}), **models}.items()}
+        print(point, "force norms", json.dumps(norms[point]), flush=True)
         directions = rng.normal(size=(args.directions, len(atoms), 3))
         directions /= np.linalg.norm(directions, axis=2).max(axis=1)[:, None, None]
         reference = force_changes(xtb_forces({}), atoms, directions)
         results[point] = {label: compare(force_changes(forces, atoms, directions), reference,
                                          symbols)
-                          for label, forces in models.items()}
+                          for label, forces in {**models, **split_learnt(learnt, atoms)}.items()}
         for label, rows in results[point].items():
             print(point, label, json.dumps(rows), flush=True)
     summary = {"benchmark": "force_changes", "model": f"{store}:{name}", "ring": args.ring,
                "directions": args.directions, "generic_move": args.generic, "points": results,
+               "force_norm": norms,
                "wall_s": round(time.perf_counter() - started, 1), **machine_facts()}
     print(json.dumps(summary))
     return summary
