@@ -37,7 +37,6 @@ from machine import machine_facts
 
 from oamlm_dist.calculators import fine_single_point
 from oamlm_dist.cluster import get_client
-from oamlm_dist.describe import describe_frames
 from oamlm_dist.forcefield import ForceModel
 from oamlm_dist.models.oamlm import weighted_angle_deg
 from oamlm_dist.structures import gold_thiolate_ring
@@ -78,22 +77,13 @@ def compare(model: np.ndarray, fine: np.ndarray, symbols: np.ndarray) -> dict:
     return rows
 
 
-def norm_and_direction(model: ForceModel, atoms) -> tuple[np.ndarray, np.ndarray]:
-    """The model's force norms (n,) and unit directions (n, 3) of a structure."""
-    rows = describe_frames([atoms], model.spec)
-    norms, directions = np.zeros(len(atoms)), np.zeros((len(atoms), 3))
-    for class_name, prediction in model.predict_rows(rows).items():
-        atom = rows[class_name]["atom"]
-        norms[atom], directions[atom] = prediction["norm"], prediction["direction"]
-    return norms, directions
-
-
 def split_learnt(model: ForceModel, atoms) -> dict[str, Callable]:
     """The learnt forces with only their norms, or only their directions, varying from
     ``atoms`` (the other factor held at its value there)."""
-    norm0, direction0 = norm_and_direction(model, atoms)
-    return {"learnt_norm_only": lambda a: norm_and_direction(model, a)[0][:, None] * direction0,
-            "learnt_direction_only": lambda a: norm0[:, None] * norm_and_direction(model, a)[1]}
+    at_x = model.predict(atoms)
+    norm_x, direction_x = at_x["norm"][:, None], at_x["direction"]
+    return {"learnt_norm_only": lambda a: model.predict(a)["norm"][:, None] * direction_x,
+            "learnt_direction_only": lambda a: norm_x * model.predict(a)["direction"]}
 
 
 def mean_norms(forces: np.ndarray, symbols: np.ndarray) -> dict:

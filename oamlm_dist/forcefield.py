@@ -77,17 +77,18 @@ class ForceModel:
         return out
 
     def predict(self, atoms: Atoms, method: str | None = None) -> dict[str, np.ndarray]:
-        """Forces (n, 3) and per-atom diagnostics of one structure."""
+        """Forces (n, 3), their norms (n,) and unit directions (n, 3), and per-atom
+        diagnostics of one structure."""
         frame = atoms.copy()
         frame.calc = None
         rows = describe_frames([frame], self.spec)
-        result = {"forces": np.zeros((len(atoms), 3)), "uncertainty": np.zeros(len(atoms)),
-                  "spread": np.zeros(len(atoms)), "min_g": np.zeros(len(atoms))}
+        n = len(atoms)
+        result = {"forces": np.zeros((n, 3)), "norm": np.zeros(n), "direction": np.zeros((n, 3)),
+                  "uncertainty": np.zeros(n), "spread": np.zeros(n), "min_g": np.zeros(n)}
         for class_name, prediction in self.predict_rows(rows, method).items():
             atom = rows[class_name]["atom"]
-            result["forces"][atom] = prediction["forces"]
-            result["spread"][atom] = prediction["spread"]
-            result["min_g"][atom] = prediction["min_g"]
+            for key in ("forces", "norm", "direction", "spread", "min_g"):
+                result[key][atom] = prediction[key]
             result["uncertainty"][atom] = prediction["norm"] * prediction["spread"]
         return result
 

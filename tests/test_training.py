@@ -41,9 +41,13 @@ def test_forces_rotate_with_the_structure(trained):
     rotation = Rotation.random(random_state=3).as_matrix()
     rotated = atoms.copy()
     rotated.positions = atoms.positions @ rotation.T + [1.0, -2.0, 0.5]
-    forces = model.predict(atoms)["forces"]
+    prediction = model.predict(atoms)
+    forces = prediction["forces"]
     assert np.abs(forces).max() > 0.1
     assert np.allclose(model.predict(rotated)["forces"], forces @ rotation.T, atol=1e-6)
+    # the forces are the predicted norms times unit directions
+    np.testing.assert_allclose(np.linalg.norm(prediction["direction"], axis=1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(prediction["norm"][:, None] * prediction["direction"], forces)
 
 
 def test_k_equal_n_reproduces_training_outputs(tmp_path, dask_client):

@@ -118,7 +118,7 @@ def blend_permutations(class_name: str, P: np.ndarray, Z: np.ndarray, refs: Refe
         rotations.append(R)
         goodness.append(np.where(chosen != NO_MATCH, g, np.inf))
         counts.append(np.where(chosen != NO_MATCH,
-                               query_valid @ ref_valid[:, perm].T.astype(float), -1.0))
+                               query_valid @ ref_valid[:, perm].T, -1.0))
     goodness, counts = np.stack(goodness), np.stack(counts)  # (n_perm, n, K)
     competing = np.isfinite(goodness) & (counts == counts.max(axis=0))
     matched = competing.any(axis=0)
@@ -128,7 +128,7 @@ def blend_permutations(class_name: str, P: np.ndarray, Z: np.ndarray, refs: Refe
     weights /= np.where(matched, weights.sum(axis=0), 1.0)
     R = np.einsum("pnk,pnkab->nkab", weights, np.stack(rotations))
     R[~matched] = np.eye(3)
-    return R, np.where(matched, g, np.inf), matched
+    return R, g, matched  # g is inf where nothing matched
 
 
 def _valid_points(P: np.ndarray, Z: np.ndarray | None) -> np.ndarray:
