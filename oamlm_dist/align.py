@@ -29,6 +29,10 @@ Choice of the permutation (:func:`align_block`, :func:`align_many`, :func:`align
    ``g = +inf`` and ``perm = NO_MATCH`` (-1). Degenerate sets (one point, collinear points)
    give a finite ``g`` and one of the optimal proper rotations; ``g`` is never NaN.
 
+:func:`blend_block` applies rules 1, 2 and 4 but, instead of rule 3, averages the rotations of
+the competing permutations weighted by their fit, so its result is continuous where
+permutations tie.
+
 Rotations are computed with Horn's quaternion method: the largest eigenvalue ``lam`` of the
 4x4 key matrix by Halley's method on its characteristic polynomial, started above the root
 (as in Theobald's QCP), the eigenvector from a column of the adjugate of ``N - lam I``, and a
@@ -64,6 +68,7 @@ __all__ = [
     "align_many",
     "align_naive",
     "all_permutations",
+    "blend_block",
     "triangle_prescreen",
 ]
 
@@ -78,6 +83,8 @@ _METRICS = {"g": 0, "g_prime": 1}
 _ADJ_MIN_GAP = 1e-2
 # Relative slack on the least-squares bound: covers rounding in lam.
 _BOUND_SLACK = 1e-8
+# Blend widths beyond the best fit at which a permutation's weight is negligible (< 1e-13).
+_BLEND_REACH = 30.0
 
 
 def all_permutations(m: int) -> np.ndarray:
@@ -387,14 +394,11 @@ def _set_identity(r):
 
 
 @njit(cache=True)
-def _align_pair(qp, qv, qz, qn, rp, rv, rz, rn, perms, pmask, use_z, metric, prune, ws, r_out):
-    """Best permutation of one (query, reference) pair; writes ``r_out``, returns (g, perm).
-
-    ``qn``/``rn`` are row norms (radial bound); ``ws`` holds workspaces (see caller).
-    """
-    h, n4, r, bound, counts, order = ws
+def _candidates(qv, qz, qn, rv, rz, rn, perms, pmask, use_z, metric, prune, bound, counts,
+                order):
+    """The competing permutations of a pair (rules 1-2 of the module docstring): their number,
+    with their indices in ``order[:n]`` (by radial bound ``bound`` when ``prune``)."""
     n_perm, m_rows = perms.shape
-    # Pass 1: admissibility, matched counts and radial lower bounds.
     n_max = 0
     for p in range(n_perm):
         counts[p] = -1
@@ -416,9 +420,8 @@ def _align_pair(qp, qv, qz, qn, rp, rv, rz, rn, perms, pmask, use_z, metric, pru
             counts[p] = count
             bound[p] = (b if metric == 0 else np.sqrt(b)) / (1.0 + count)
             n_max = max(n_max, count)
-    _set_identity(r_out)
     if n_max == 0:
-        return np.inf, NO_MATCH
+        return 0
     n_cand = 0
     for p in range(n_perm):
         if counts[p] == n_max:
@@ -430,6 +433,19 @@ def _align_pair(qp, qv, qz, qn, rp, rv, rz, rn, perms, pmask, use_z, metric, pru
                     pos -= 1
             order[pos] = p
             n_cand += 1
+    return n_cand
+
+
+@njit(cache=True)
+def _align_pair(qp, qv, qz, qn, rp, rv, rz, rn, perms, pmask, use_z, metric, prune, ws, r_out):
+    """Best permutation of one (query, reference) pair; writes ``r_out``, returns (g, perm).
+
+    ``qn``/``rn`` are row norms (radial bound); ``ws`` holds workspaces (see caller).
+    """
+    h, n4, r, bound, counts, order = ws
+    _set_identity(r_out)
+    n_cand = _candidates(qv, qz, qn, rv, rz, rn, perms, pmask, use_z, metric, prune, bound,
+                         counts, order)
     best_g = np.inf
     best_p = NO_MATCH
     for idx in range(n_cand):
@@ -461,15 +477,7 @@ def _align_pair(qp, qv, qz, qn, rp, rv, rz, rn, perms, pmask, use_z, metric, pru
 def _align_block_kernel(
     qP, qV, qZ, qN, rP, rV, rZ, rN, perms, pmask, use_z, metric, prune, R, G, best_perm
 ):
-    n_perm = perms.shape[0]
-    ws = (
-        np.zeros((3, 3)),
-        np.zeros((4, 4)),
-        np.zeros((3, 3)),
-        np.zeros(n_perm),
-        np.zeros(n_perm, dtype=np.int64),
-        np.zeros(n_perm, dtype=np.int64),
-    )
+    ws = _workspaces(perms.shape[0])
     for i in range(qP.shape[0]):
         for j in range(rP.shape[0]):
             g, p = _align_pair(
@@ -478,6 +486,65 @@ def _align_block_kernel(
             )  # fmt: skip
             G[i, j] = g
             best_perm[i, j] = p
+
+
+@njit(cache=True)
+def _workspaces(n_perm):
+    """Scratch arrays of one pair's search: H, Horn's matrix, a rotation, and per
+    permutation the bound, the matched count and the visiting order."""
+    return (np.zeros((3, 3)), np.zeros((4, 4)), np.zeros((3, 3)), np.zeros(n_perm),
+            np.zeros(n_perm, dtype=np.int64), np.zeros(n_perm, dtype=np.int64))
+
+
+@njit(cache=True)
+def _blend_pair(qp, qv, qz, qn, rp, rv, rz, rn, perms, pmask, use_z, metric, width, ws,
+                r_out):
+    """Blended rotation of one pair (see :func:`blend_block`) into ``r_out``; returns the best
+    goodness. Permutations whose radial bound is ``_BLEND_REACH`` widths above the best
+    goodness are skipped: their weights are below exp(-_BLEND_REACH)."""
+    h, n4, r, bound, counts, order = ws
+    _set_identity(r_out)
+    n_cand = _candidates(qv, qz, qn, rv, rz, rn, perms, pmask, use_z, metric, True, bound,
+                         counts, order)
+    if n_cand == 0:
+        return np.inf
+    acc = np.zeros((3, 3))
+    total = 0.0
+    best_g = np.inf
+    for idx in range(n_cand):
+        p = order[idx]
+        if bound[p] > best_g + _BLEND_REACH * width:
+            break
+        count, e0 = _cross_covariance(qp, qv, rp, rv, perms[p], h)
+        _horn(h, n4)
+        lam, dp = _max_eigenvalue(h, n4, e0, -np.inf)
+        _rotation(n4, lam, dp, r)
+        g = _residual_goodness(qp, qv, rp, rv, perms[p], r, metric, count)
+        if g < best_g:
+            # weights are relative to the best fit: rescale those summed so far
+            rescale = np.exp(-(best_g - g) / width)
+            acc *= rescale
+            total *= rescale
+            best_g = g
+        weight = np.exp(-(g - best_g) / width)
+        acc += weight * r
+        total += weight
+    for a in range(3):
+        for b in range(3):
+            r_out[a, b] = acc[a, b] / total
+    return best_g
+
+
+@njit(cache=True)
+def _blend_block_kernel(qP, qV, qZ, qN, rP, rV, rZ, rN, perms, pmask, use_z, metric, width,
+                        R, G):
+    ws = _workspaces(perms.shape[0])
+    for i in range(qP.shape[0]):
+        for j in range(rP.shape[0]):
+            G[i, j] = _blend_pair(
+                qP[i], qV[i], qZ[i], qN[i], rP[j], rV[j], rZ[j], rN[j],
+                perms, pmask[j], use_z, metric, width, ws, R[i, j],
+            )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -560,6 +627,54 @@ def align_block(
     perm : numpy.ndarray
         ``(n, K)`` int64 index into ``perms`` of the best permutation (``NO_MATCH``).
     """
+    args = _block_inputs(query_P, query_Z, ref_P, ref_Z, perms, metric, perm_mask)
+    n, k = args[0].shape[0], args[4].shape[0]
+    R = np.empty((n, k, 3, 3))
+    g = np.empty((n, k))
+    perm = np.empty((n, k), dtype=np.int64)
+    _align_block_kernel(*args, prune, R, g, perm)
+    return R, g, perm
+
+
+def blend_block(
+    query_P: np.ndarray,
+    query_Z: np.ndarray | None,
+    ref_P: np.ndarray,
+    ref_Z: np.ndarray | None,
+    perms: np.ndarray,
+    width: float,
+    metric: str = "g",
+    perm_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like :func:`align_block`, but each pair's matrix blends the rotations of its
+    competing permutations (rules 1-2 of the module docstring), permutation ``p`` weighted
+    by ``exp(-(g_p - g_best) / width)``.
+
+    The blend is continuous where permutations tie, unlike the best rotation, which jumps;
+    it is not a rotation in general, so it only serves to carry vectors (``R t``).
+
+    Returns
+    -------
+    R : numpy.ndarray
+        ``(n, K, 3, 3)`` blended matrices (``I`` where nothing matched).
+    g : numpy.ndarray
+        ``(n, K)`` goodness of the best permutation (``+inf`` when nothing matched).
+    matched : numpy.ndarray
+        ``(n, K)`` bool, some permutation matched.
+    """
+    if not width > 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    args = _block_inputs(query_P, query_Z, ref_P, ref_Z, perms, metric, perm_mask)
+    n, k = args[0].shape[0], args[4].shape[0]
+    R = np.empty((n, k, 3, 3))
+    g = np.empty((n, k))
+    _blend_block_kernel(*args, float(width), R, g)
+    return R, g, np.isfinite(g)
+
+
+def _block_inputs(query_P, query_Z, ref_P, ref_Z, perms, metric, perm_mask) -> tuple:
+    """Checked kernel arguments of :func:`align_block` and :func:`blend_block`: query and
+    reference arrays (``_prepare``), permutations, mask, element matching and metric code."""
     code = _metric_code(metric)
     qP, qV, qZ, qN = _prepare(query_P, query_Z, "query_P")
     rP, rV, rZ, rN = _prepare(ref_P, ref_Z, "ref_P")
@@ -575,14 +690,7 @@ def align_block(
         if pmask.shape != (rP.shape[0], perms.shape[0]):
             raise ValueError(f"perm_mask must have shape {(rP.shape[0], perms.shape[0])}")
     use_z = query_Z is not None and ref_Z is not None
-    n, k = qP.shape[0], rP.shape[0]
-    R = np.empty((n, k, 3, 3))
-    g = np.empty((n, k))
-    perm = np.empty((n, k), dtype=np.int64)
-    _align_block_kernel(
-        qP, qV, qZ, qN, rP, rV, rZ, rN, perms, pmask, use_z, code, prune, R, g, perm
-    )
-    return R, g, perm
+    return qP, qV, qZ, qN, rP, rV, rZ, rN, perms, pmask, use_z, code
 
 
 def align_many(

@@ -16,6 +16,7 @@ from oamlm_dist.align import (
     align_many,
     align_naive,
     all_permutations,
+    blend_block,
     triangle_prescreen,
 )
 
@@ -172,6 +173,56 @@ def test_block_matches_many():
         align_block(Q, None, S, None, np.zeros((2, 4), dtype=int))
     with pytest.raises(ValueError, match="metric"):
         align_block(Q, None, S, None, PERMS4, metric="rmsd")
+
+
+TETRAHEDRON = 1.3 * np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]) / 3**0.5
+
+
+def expected_blend(query, ref, width, metric):
+    """Each permutation aligned alone by the SVD reference; the competing ones (most matched
+    pairs) averaged with weights exp(-(g_p - g_best) / width)."""
+    valid_q, valid_r = np.isfinite(query).all(1), np.isfinite(ref).all(1)
+    counts = np.array([(valid_q & valid_r[perm]).sum() for perm in PERMS4])
+    fits = [align_naive(query, None, ref[None], None, PERMS4[p:p + 1], metric)
+            for p in np.flatnonzero(counts == counts.max())]
+    g = np.array([fit[1][0] for fit in fits])
+    weights = np.exp(-(g - g.min()) / width)
+    R = np.einsum("p,pab->ab", weights, np.array([fit[0][0] for fit in fits]))
+    return R / weights.sum(), g.min(), weights
+
+
+@pytest.mark.parametrize("metric", ["g", "g_prime"])
+def test_blend_averages_permutations_by_their_fit(metric):
+    rng = np.random.default_rng(11)
+    # A distorted tetrahedron: its 12 symmetry permutations fit within a few hundredths of Å.
+    S = np.concatenate([(TETRAHEDRON + rng.normal(scale=0.01, size=(4, 3)))[None],
+                        neighbourhoods(rng, 3)])
+    S[3, 3] = np.nan  # a padded reference
+    Q = np.stack([TETRAHEDRON @ random_rotation(rng).T + rng.normal(scale=0.01, size=(4, 3)),
+                  neighbourhoods(rng, 1)[0]])
+    Q[1, 2] = np.nan  # with the padded reference, only some permutations match 3 pairs
+    width = 0.02
+    R, g, matched = blend_block(Q, None, S, None, PERMS4, width, metric)
+    assert matched.all()
+    shared = 0
+    for i in range(2):
+        for j in range(4):
+            R_ref, g_ref, weights = expected_blend(Q[i], S[j], width, metric)
+            np.testing.assert_allclose(R[i, j], R_ref, atol=1e-9)
+            np.testing.assert_allclose(g[i, j], g_ref, rtol=1e-9)
+            shared += np.sort(weights)[-2] > 0.1 if len(weights) > 1 else 0
+    assert shared >= 1  # some pair really blends several permutations
+
+
+def test_blend_without_match_and_bad_width():
+    rng = np.random.default_rng(12)
+    S = neighbourhoods(rng, 2)
+    Q = np.full((1, 4, 3), np.nan)
+    R, g, matched = blend_block(Q, None, S, None, PERMS4, 0.01)
+    assert not matched.any() and np.isinf(g).all()
+    np.testing.assert_array_equal(R, np.broadcast_to(np.eye(3), R.shape))
+    with pytest.raises(ValueError, match="width"):
+        blend_block(S, None, S, None, PERMS4, 0.0)
 
 
 # --------------------------------------------------------------------------------------------
