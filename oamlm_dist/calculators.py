@@ -349,6 +349,14 @@ def ensure_cell(atoms: Atoms, vacuum: float = 4.0) -> Atoms:
     return out
 
 
+def series_frame(atoms: Atoms, name: str, params: dict[str, Any] | None = None) -> Atoms:
+    """The copy that a series of single points on moving atoms (an MD run, an optimisation)
+    should move, prepared once for the whole series: GPAW boxes an isolated molecule here.
+    A box per geometry would move the real-space grid under the atoms (egg-box noise in the
+    forces) and change the cell at every call, which also defeats warm starts."""
+    return _kind(name)(**(params or {})).prepare(atoms)
+
+
 class GPAWCalculator(FineCalculator):
     """GPAW, PBE, spin-paired; LCAO/dzp by default, ``mode="fd"`` with h = 0.2 Å as in the source.
 

@@ -20,7 +20,7 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
-from oamlm_dist.calculators import calculator_settings, fine_single_point
+from oamlm_dist.calculators import calculator_settings, fine_single_point, series_frame
 from oamlm_dist.cluster import FINE_RESOURCE
 from oamlm_dist.errors import InputError
 from oamlm_dist.locks import writer_lock
@@ -30,18 +30,20 @@ from oamlm_dist.structures import parse_structures
 
 class RetryingCalculator(Calculator):
     """ASE calculator over :func:`fine_single_point`: every step gets the SCF retry with
-    safer settings, so one hard geometry does not end a long MD run."""
+    safer settings, so one hard geometry does not end a long MD run, and starts from the
+    previous step's converged state (``series``, :mod:`oamlm_dist.warm`)."""
 
     implemented_properties = ["energy", "forces"]
 
-    def __init__(self, name: str, params: dict):
+    def __init__(self, name: str, params: dict, series: str):
         super().__init__()
         self.name_ = name
         self.params = params
+        self.series = series
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        result = fine_single_point(self.atoms, self.name_, self.params)
+        result = fine_single_point(self.atoms, self.name_, self.params, series=self.series)
         self.results = {"energy": result.energy, "forces": result.forces}
 
 
@@ -93,13 +95,13 @@ def run_md(store_path: str, segment_id: int, atoms: Atoms, calculator: str, para
         atoms = segment.read(done - 1, done)[0]
         atoms.calc = None
     else:
-        atoms = atoms.copy()
+        atoms = series_frame(atoms, calculator, params)
         rng = np.random.default_rng([settings.seed, run])
         thermalize_momenta(atoms, temperature_K=settings.temperature, rng=rng)
         Stationary(atoms)
         if not atoms.pbc.any():
             ZeroRotation(atoms)
-    atoms.calc = RetryingCalculator(calculator, params)
+    atoms.calc = RetryingCalculator(calculator, params, f"md:{store_path}:{segment_id}")
     frame = done
     while frame < settings.n_frames:
         # A fresh integrator per commit block: its random stream restarts where a

@@ -6,11 +6,17 @@ import threading
 import time
 
 import numpy as np
+import pytest
+from ase import Atoms
+from ase.calculators.emt import EMT
 from distributed import Client
 
+from oamlm_dist import sample as sample_module
+from oamlm_dist import warm
+from oamlm_dist.calculators import GPAWCalculator, fine_single_point
 from oamlm_dist.cluster import local_cluster
 from oamlm_dist.errors import InputError
-from oamlm_dist.sample import MDSettings, sample
+from oamlm_dist.sample import MDSettings, plan_runs, run_md, sample
 from oamlm_dist.store import Store
 
 
@@ -80,3 +86,35 @@ def test_killed_worker_loses_only_uncommitted_frames_and_resumes(tmp_path):
     assert resumed.n_frames == clean.n_frames == 200
     # The resumed run continued from its last committed frame: the same trajectory.
     assert np.allclose(resumed.group["positions"][:], clean.group["positions"][:], atol=1e-8)
+
+
+def test_md_of_a_molecule_is_one_warm_series_in_one_box(tmp_path, monkeypatch):
+    """GPAW's path with EMT inside (as in test_calculators): the molecule is boxed once, so
+    the cell stays put, and every MD step after the first starts from the previous step's
+    calculator; the energies are EMT's at the stored positions."""
+    monkeypatch.setattr(GPAWCalculator, "build", lambda self: EMT())
+    calls = []
+
+    def recording(atoms, name, params, series=None):
+        result = fine_single_point(atoms, name, params, series=series)
+        calls.append((result.attempts[-1]["warm_start"], atoms.cell.array.copy()))
+        return result
+
+    monkeypatch.setattr(sample_module, "fine_single_point", recording)
+    warm.clear()
+    store = Store.create(tmp_path / "s.zarr")
+    settings = MDSettings(temperature=300, steps=6, timestep=1.0, interval=2, seed=1)
+    cu3 = Atoms("Cu3", positions=[[0, 0, 0], [2.4, 0, 0], [1.2, 2.0, 0]])
+    [plan] = plan_runs(store, [("cu3", cu3)], "gpaw", {}, settings, runs=1)
+    run_md(str(store.path), plan["segment"].id, cu3, "gpaw", {}, settings, 0)
+    warm.clear()
+    assert len(calls) >= settings.steps
+    assert [w for w, _ in calls] == [False] + [True] * (len(calls) - 1)
+    cells = np.array([c for _, c in calls])
+    assert np.linalg.matrix_rank(cells[0]) == 3 and (cells == cells[0]).all()
+    frames = store.segment(plan["segment"].id).read()
+    assert len(frames) == settings.n_frames
+    for frame in frames:
+        plain = Atoms(frame.numbers, frame.positions, cell=frame.cell, calculator=EMT())
+        assert frame.calc.results["energy"] == pytest.approx(plain.get_potential_energy(),
+                                                             abs=1e-9)

@@ -43,7 +43,7 @@ from ase.calculators.calculator import all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from oamlm_dist.active.ensemble import ForceEnsemble
-from oamlm_dist.calculators import ensure_cell, fine_single_point
+from oamlm_dist.calculators import fine_single_point, series_frame
 from oamlm_dist.cluster import FINE_RESOURCE
 from oamlm_dist.errors import FineCalculationError, InputError, OamlmError
 from oamlm_dist.forcefield import ForceField
@@ -187,11 +187,7 @@ class HybridOptimizer:
                  params: dict | None = None, settings: HybridSettings | None = None,
                  name: str = "structure", store: Store | None = None,
                  trajectory: str | None = None, ensemble: ForceEnsemble | None = None):
-        # A molecule gets its GPAW box once: a box re-centred at every step would move the
-        # real-space grid under the atoms and add egg-box noise to the forces.
-        self.atoms = (ensure_cell(atoms, (params or {}).get("vacuum", 4.0))
-                      if calculator == "gpaw" else atoms.copy())
-        self.atoms.calc = None
+        self.atoms = series_frame(atoms, calculator, params)  # e.g. GPAW's box, once
         self.model = model
         self.ensemble = ensemble
         if ensemble is not None:
