@@ -22,7 +22,7 @@ from ase.md.verlet import VelocityVerlet
 
 from oamlm_dist.calculators import calculator_settings, fine_single_point, series_frame
 from oamlm_dist.cluster import FINE_RESOURCE
-from oamlm_dist.errors import InputError
+from oamlm_dist.errors import InputError, SCFConvergenceError
 from oamlm_dist.locks import writer_lock
 from oamlm_dist.store import FrameBatch, Store, settings_key, task_token
 from oamlm_dist.structures import parse_structures
@@ -103,23 +103,31 @@ def run_md(store_path: str, segment_id: int, atoms: Atoms, calculator: str, para
             ZeroRotation(atoms)
     atoms.calc = RetryingCalculator(calculator, params, f"md:{store_path}:{segment_id}")
     frame = done
-    while frame < settings.n_frames:
+    stopped = None
+    while frame < settings.n_frames and stopped is None:
         # A fresh integrator per commit block: its random stream restarts where a
         # resumed task would restart it.
         dynamics = _dynamics(atoms, settings, run, frame)
         block = []
         for _ in range(min(settings.flush_every, settings.n_frames - frame)):
-            dynamics.run(settings.interval)
+            try:
+                dynamics.run(settings.interval)
+            except SCFConvergenceError as exc:
+                # The run is deterministic: a rerun would reach the same geometry and fail
+                # again, so it ends here with the frames it has.
+                stopped = f"SCF failed after frame {frame}: {exc}"
+                break
             snapshot = atoms.copy()
             snapshot.calc = None
             snapshot.arrays["forces"] = atoms.get_forces()
             snapshot.info["energy"] = atoms.get_potential_energy()
             block.append(snapshot)
             frame += 1
-        segment.append(FrameBatch.from_atoms(block, with_momenta=True))
-    segment.mark_complete()
+        if block:
+            segment.append(FrameBatch.from_atoms(block, with_momenta=True))
+    segment.mark_complete(stopped)
     return {"segment": segment_id, "frames": frame, "resumed_from": done,
-            "wall_s": time.perf_counter() - start}
+            "wall_s": time.perf_counter() - start, "stopped": stopped}
 
 
 def plan_runs(store: Store, structures: list[tuple[str, Atoms]], calculator: str, params: dict,
@@ -175,6 +183,9 @@ def _run_plans(store: Store, plans: list[dict], calculator: str, params: dict,
     if futures:
         progress(futures)
     results = [future.result() for future in as_completed(futures)]
-    frames = sum(Store.open(store.path).segment(p["segment"].id).n_frames for p in plans)
-    return {"runs": len(plans), "ran": len(results), "frames": frames,
-            "segments": [p["segment"].id for p in plans], "store": str(store.path)}
+    segments = [Store.open(store.path).segment(p["segment"].id) for p in plans]
+    return {"runs": len(plans), "ran": len(results),
+            "frames": sum(segment.n_frames for segment in segments),
+            "segments": [p["segment"].id for p in plans], "store": str(store.path),
+            "stopped": {segment.attrs["name"]: segment.attrs["stopped"]
+                        for segment in segments if "stopped" in segment.attrs}}

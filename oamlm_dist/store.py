@@ -248,8 +248,12 @@ class Segment:
             frames.append(atoms)
         return frames
 
-    def mark_complete(self) -> None:
-        self.group.update_attributes({"complete": True, "updated": now_iso()})
+    def mark_complete(self, stopped: str | None = None) -> None:
+        """The segment will not grow any more; ``stopped`` says why it ended early."""
+        attributes = {"complete": True, "updated": now_iso()}
+        if stopped is not None:
+            attributes["stopped"] = stopped
+        self.group.update_attributes(attributes)
 
 
 class Store:

@@ -118,3 +118,50 @@ def test_md_of_a_molecule_is_one_warm_series_in_one_box(tmp_path, monkeypatch):
         plain = Atoms(frame.numbers, frame.positions, cell=frame.cell, calculator=EMT())
         assert frame.calc.results["energy"] == pytest.approx(plain.get_potential_energy(),
                                                              abs=1e-9)
+
+
+class _EMTFailingFrom(EMT):
+    """EMT whose SCF "fails" (GPAW's error) from the ``fail_from``-th call of all instances."""
+
+    calls = 0
+    fail_from = 10**9
+
+    def calculate(self, *args, **kwargs):
+        type(self).calls += 1
+        if type(self).calls >= self.fail_from:
+            from gpaw import KohnShamConvergenceError
+
+            raise KohnShamConvergenceError("Did not converge!")
+        super().calculate(*args, **kwargs)
+
+
+def test_md_run_ends_at_an_scf_failure_with_the_frames_before_it(tmp_path, monkeypatch):
+    """A run whose SCF fails on both attempts keeps its frames and is finished, not retried:
+    a rerun would follow the same trajectory into the same failure."""
+    from distributed import LocalCluster
+
+    from oamlm_dist.cluster import FINE_RESOURCE
+
+    monkeypatch.setattr(GPAWCalculator, "build", lambda self: _EMTFailingFrom())
+    monkeypatch.setattr(_EMTFailingFrom, "calls", 0)
+    monkeypatch.setattr(_EMTFailingFrom, "fail_from", 8)  # the initial forces, 6 steps, fail
+    warm.clear()
+    settings = MDSettings(temperature=300, steps=12, timestep=1.0, interval=1, seed=1,
+                          flush_every=3)
+    cu3 = [("cu3", Atoms("Cu3", positions=[[0, 0, 0], [2.4, 0, 0], [1.2, 2.0, 0]]))]
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      resources={FINE_RESOURCE: 1}, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        summary = sample(tmp_path / "s.zarr", cu3, "gpaw", {}, settings, runs=1, client=client)
+        again = sample(tmp_path / "s.zarr", cu3, "gpaw", {}, settings, runs=1, client=client)
+    warm.clear()
+    [(name, reason)] = summary["stopped"].items()
+    assert name == "cu3/run0" and "SCF" in reason and "frame 6" in reason
+    [segment] = Store.open(tmp_path / "s.zarr").segments("md")
+    assert segment.attrs["complete"] and segment.n_frames == summary["frames"] == 6
+    frames = segment.read()
+    for frame in frames:  # the kept frames are whole: EMT's energies at their positions
+        plain = Atoms(frame.numbers, frame.positions, cell=frame.cell, calculator=EMT())
+        assert frame.calc.results["energy"] == pytest.approx(plain.get_potential_energy(),
+                                                             abs=1e-9)
+    assert again["ran"] == 0 and again["stopped"] == summary["stopped"]
