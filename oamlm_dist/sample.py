@@ -30,12 +30,12 @@ from oamlm_dist.structures import parse_structures
 
 class RetryingCalculator(Calculator):
     """ASE calculator over :func:`fine_single_point`: every step gets the SCF retry with
-    safer settings, so one hard geometry does not end a long MD run, and starts from the
-    previous step's converged state (``series``, :mod:`oamlm_dist.warm`)."""
+    safer settings, so one hard geometry does not end a long MD run, and, given a ``series``
+    name, starts from the previous step's converged state (:mod:`oamlm_dist.warm`)."""
 
     implemented_properties = ["energy", "forces"]
 
-    def __init__(self, name: str, params: dict, series: str):
+    def __init__(self, name: str, params: dict, series: str | None = None):
         super().__init__()
         self.name_ = name
         self.params = params
