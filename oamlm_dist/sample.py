@@ -183,7 +183,8 @@ def _run_plans(store: Store, plans: list[dict], calculator: str, params: dict,
     if futures:
         progress(futures)
     results = [future.result() for future in as_completed(futures)]
-    segments = [Store.open(store.path).segment(p["segment"].id) for p in plans]
+    reopened = Store.open(store.path)  # the tasks' commits, as written by the workers
+    segments = [reopened.segment(p["segment"].id) for p in plans]
     return {"runs": len(plans), "ran": len(results),
             "frames": sum(segment.n_frames for segment in segments),
             "segments": [p["segment"].id for p in plans], "store": str(store.path),
