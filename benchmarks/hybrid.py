@@ -35,6 +35,7 @@ from oamlm_dist.calculators import calculator_settings, make_calculator
 from oamlm_dist.cluster import get_client
 from oamlm_dist.describe import describe
 from oamlm_dist.optimize.hybrid import HybridOptimizer, HybridSettings, optimize_many
+from oamlm_dist.optimize.online import FineOnly
 from oamlm_dist.optimize.run import online_model
 from oamlm_dist.sample import MDSettings, sample
 from oamlm_dist.store import Store
@@ -90,16 +91,6 @@ def run_peer(cls, start, calculator: str = "xtb", params: dict | None = None,
     if energy_per_call:
         result["energy_per_call"] = counter.energies
     return result
-
-
-class NoModel:
-    """An online-model stand-in that never becomes ready: the hybrid then takes only its fine
-    steps (what it does wherever the model disagrees), through its own code."""
-
-    ready = False
-
-    def add(self, frames, weight=1.0):
-        pass
 
 
 def versus_bfgs(bfgs: dict, result: dict) -> dict:
@@ -159,7 +150,7 @@ def main() -> dict:
             store, model_name = models[kind]
             pretrained = partial(online_model, Store.open(store), model_name, [start], None)
             cold = partial(online_model, Store.open(store), None, [start], None)
-            variants = (("fine_steps_alone", NoModel, True),
+            variants = (("fine_steps_alone", FineOnly, True),
                         ("hybrid_pretrained", pretrained, True),
                         ("hybrid_pretrained_no_speculation", pretrained, False),
                         ("hybrid_cold", cold, True))

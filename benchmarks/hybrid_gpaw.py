@@ -21,12 +21,13 @@ import time
 from pathlib import Path
 
 from ase.optimize import BFGS
-from hybrid import FMAX, NoModel, against_bfgs, pretrain, run_peer, versus_bfgs, xtb_minimum
+from hybrid import FMAX, against_bfgs, pretrain, run_peer, versus_bfgs, xtb_minimum
 from machine import machine_facts
 
 from oamlm_dist.calculators import ensure_cell
 from oamlm_dist.cluster import get_client
 from oamlm_dist.optimize.hybrid import HybridOptimizer, HybridSettings, optimize_many
+from oamlm_dist.optimize.online import FineOnly
 from oamlm_dist.optimize.run import online_model
 from oamlm_dist.store import Store
 from oamlm_dist.structures import gold_thiolate_ring, rattle
@@ -51,7 +52,7 @@ def main() -> dict:
                                     name=f"ring-Au{args.ring}-gpaw")
         hybrid = optimize_many([optimizer], client)[0]
         print("hybrid", json.dumps(hybrid), flush=True)
-        alone = optimize_many([HybridOptimizer(start, NoModel(), "gpaw", params,
+        alone = optimize_many([HybridOptimizer(start, FineOnly(), "gpaw", params,
                                                HybridSettings(fmax=FMAX),
                                                name=f"ring-Au{args.ring}-gpaw-alone")],
                               client)[0]

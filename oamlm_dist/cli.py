@@ -99,8 +99,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_optimize(args: argparse.Namespace) -> None:
     from oamlm_dist.cluster import get_client
     from oamlm_dist.optimize.hybrid import HybridSettings
-    from oamlm_dist.optimize.run import optimize
+    from oamlm_dist.optimize.run import check_fine_only, optimize
 
+    check_fine_only(args.fine_only, args.model, args.ensemble)
     if args.max_uncertainty is not None and not args.ensemble:
         raise InputError("optimize: --max-uncertainty needs --ensemble NAME (the ensemble "
                          "whose uncertainty it limits)")
@@ -111,7 +112,8 @@ def _cmd_optimize(args: argparse.Namespace) -> None:
     with get_client(args.scheduler, n_workers=args.workers) as client:
         results = optimize(args.structures, args.store, client, args.calculator,
                            _parse_params(args.calc_param), settings, model=args.model,
-                           scheme=args.scheme, out_dir=args.out, ensemble=args.ensemble)
+                           scheme=args.scheme, out_dir=args.out, ensemble=args.ensemble,
+                           fine_only=args.fine_only)
     keys = ("converged", "fine_calls", "ml_calls", "energy", "fmax", "wall_s", "trajectory")
     lines = [{k: r[k] for k in ("name", *keys)} | {"stopped": r["stopped"]} for r in results]
     if args.json:
@@ -363,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fine-bfgs", dest="fine_gp", action="store_false",
                    help="BFGS steps on fine results where the model disagrees (default: "
                         "GPMin's while its Gaussian process fits in about 300 MB)")
+    p.add_argument("--fine-only", action="store_true",
+                   help="no model: only the steps on fine results (with --fine-bfgs, BFGS's)")
     p.add_argument("--fine-timeout", type=float, default=None, metavar="SECONDS",
                    help="a fine calculation running longer counts as failed (default: none)")
     p.add_argument("--scheme", choices=["thiolate", "element"], default=None,

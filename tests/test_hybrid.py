@@ -1,5 +1,6 @@
 """Hybrid ML/fine optimisation with EMT as the fine calculator on a rattled Au13 cluster."""
 
+import json
 import os
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from oamlm_dist.optimize.hybrid import (
 )
 from oamlm_dist.optimize.hybrid import fine_single_point as real_single_point
 from oamlm_dist.optimize.mlbfgs import ml_bfgs
-from oamlm_dist.optimize.online import OnlineModel
+from oamlm_dist.optimize.online import FineOnly, OnlineModel
 from oamlm_dist.optimize.uncertainty import UncertaintyGate
 from oamlm_dist.store import Store
 from oamlm_dist.structures import rattle
@@ -334,20 +335,11 @@ def test_after_an_uphill_fine_step_the_ml_round_starts_from_the_best_point():
     assert np.linalg.norm(target - uphill, axis=1).max() > trust
 
 
-class NoModel:
-    """A model that never predicts: every step is a step on the fine results alone."""
-
-    ready = False
-
-    def add(self, frames, weight=1.0):
-        pass
-
-
 def test_gpmin_steps_that_go_uphill_twice_give_way_to_bfgs_steps():
     """Fine energies made to rise at every call: the second GPMin step that ends above the
     best point switches the fine steps to BFGS's, from the latest point, exactly the step of
     a BFGS fed the same fine points."""
-    optimizer = HybridOptimizer(start_structure(), NoModel(), "emt", name="switch")
+    optimizer = HybridOptimizer(start_structure(), FineOnly(), "emt", name="switch")
     shadow = FineBFGS(3 * len(optimizer.atoms), optimizer.settings.fine_maxstep)
     x = optimizer.start()
     for call in range(3):
@@ -516,6 +508,45 @@ def test_a_cold_start_steps_first_like_gpmin_or_with_fine_bfgs_like_bfgs(
     reference.calc = EMT()
     (GPMin if not flags else BFGS)(reference, logfile=None).run(fmax=0.05, steps=1)
     np.testing.assert_allclose(fine[1].positions, reference.positions, atol=1e-6)
+
+
+def test_fine_only_with_fine_bfgs_visits_the_geometries_of_ase_bfgs(tmp_path, capsys):
+    """Without a model every step is a step on fine results: with --fine-bfgs exactly ASE
+    BFGS's on the same calculator, call for call, to the same minimum."""
+    from ase.io import read, write
+
+    from oamlm_dist.cli import main
+
+    start = start_structure()
+    write(tmp_path / "start.extxyz", start)
+    code = main(["optimize", str(tmp_path / "start.extxyz"), "--store", str(tmp_path / "s.zarr"),
+                 "--calculator", "emt", "--fine-only", "--fine-bfgs", "--out", str(tmp_path),
+                 "--workers", "1"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and summary["converged"] and summary["ml_calls"] == 0
+    fine = [a for a in read(tmp_path / "start-hybrid.traj", ":") if a.info["kind"] == "fine"]
+    reference = start.copy()
+    reference.calc = EMT()
+    visited = []
+    optimizer = BFGS(reference, logfile=None)
+    optimizer.attach(lambda: visited.append(reference.get_positions()))
+    optimizer.run(fmax=0.05)
+    assert summary["fine_calls"] == len(fine) == len(visited)
+    np.testing.assert_allclose([a.positions for a in fine], visited, atol=1e-6)
+    assert abs(summary["energy"] - reference.get_potential_energy()) < 1e-6
+
+
+def test_fine_only_refuses_a_model_in_one_line(tmp_path, capsys):
+    from ase.io import write
+
+    from oamlm_dist.cli import main
+
+    write(tmp_path / "start.extxyz", start_structure())
+    code = main(["optimize", str(tmp_path / "start.extxyz"), "--store", str(tmp_path / "s.zarr"),
+                 "--calculator", "emt", "--fine-only", "--model", "ring"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--fine-only uses no model" in err
+    assert not (tmp_path / "s.zarr").exists()
 
 
 @pytest.mark.parametrize("bad", [{"trust_min": 0.0}, {"trust": 0.04}, {"trust": 1.0},

@@ -98,3 +98,16 @@ class OnlineModel:
 
     def predict(self, atoms: Atoms) -> dict[str, np.ndarray]:
         return self.model.predict(atoms)
+
+
+class FineOnly:
+    """No model: the hybrid optimiser then takes only its steps on the fine results (GPMin's,
+    or BFGS's), the steps it takes wherever a model disagrees. A model whose force changes
+    near the minima are 30-70° off, as the learnt ring models' are, saves no fine calls over
+    them (``benchmarks/hybrid_starts.py``)."""
+
+    ready = False
+    model = None
+
+    def add(self, frames: list[Atoms], weight: float = 1.0) -> None:
+        """Nothing is learnt."""

@@ -12,7 +12,7 @@ from oamlm_dist.errors import InputError
 from oamlm_dist.forcefield import ForceModel
 from oamlm_dist.ingest import read_frames
 from oamlm_dist.optimize.hybrid import HybridOptimizer, HybridSettings, optimize_many
-from oamlm_dist.optimize.online import OnlineModel
+from oamlm_dist.optimize.online import FineOnly, OnlineModel
 from oamlm_dist.optimize.plots import plot_rounds
 from oamlm_dist.store import Store
 
@@ -31,17 +31,24 @@ def online_model(store: Store, model: str | None, atoms_list, scheme: str | None
     return OnlineModel.cold_start(species, scheme=scheme)
 
 
+def check_fine_only(fine_only: bool, model: str | None, ensemble: str | None) -> None:
+    if fine_only and (model or ensemble):
+        raise InputError("optimize: --fine-only uses no model; drop --model and --ensemble")
+
+
 def optimize(structures: list[str], store_path: str | os.PathLike, client, calculator: str,
              params: dict, settings: HybridSettings, model: str | None = None,
              scheme: str | None = None, out_dir: str | os.PathLike = ".",
-             ensemble: str | None = None) -> list[dict]:
+             ensemble: str | None = None, fine_only: bool = False) -> list[dict]:
     """Relax every structure (the last frame of each file); results and trajectories.
 
     ``ensemble`` names a bootstrap ensemble of the store (``models/<name>-m<j>``, as written
     by ``learn``) whose uncertainty ends the ML rounds (``settings.max_uncertainty``).
+    ``fine_only``: no model, only the steps on fine results (:class:`FineOnly`).
     """
     if not structures:
         raise InputError("optimize: give at least one structure file")
+    check_fine_only(fine_only, model, ensemble)
     bad = settings.out_of_range()
     if bad:
         name, value, unit = bad
@@ -60,10 +67,10 @@ def optimize(structures: list[str], store_path: str | os.PathLike, client, calcu
     optimizers = []
     for name, atoms in loaded:
         # Each structure learns on its own copy of the model: runs never share updates.
+        learner = FineOnly() if fine_only else online_model(store, model, [atoms], scheme)
         optimizers.append(HybridOptimizer(
-            atoms, online_model(store, model, [atoms], scheme), calculator, params, settings,
-            name=name, store=store, trajectory=str(out / f"{name}-hybrid.traj"),
-            ensemble=members))
+            atoms, learner, calculator, params, settings, name=name, store=store,
+            trajectory=str(out / f"{name}-hybrid.traj"), ensemble=members))
     results = optimize_many(optimizers, client)
     for optimizer, result in zip(optimizers, results, strict=True):
         if optimizer.points:

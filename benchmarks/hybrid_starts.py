@@ -1,0 +1,90 @@
+"""Fine calls over many starts: what does the ring model save over the steps on fine results?
+
+``benchmarks/hybrid.py`` has one start per system, and on flat landscapes the count of a
+single start depends on where its path meets fmax. Here each of Au4, Au5 and Au6(SCH3)n is
+relaxed with GFN2-xTB and rattled by 0.15 Å with ``--seeds`` seeds (18 starts by default);
+from each start, on GFN2-xTB to fmax <= 0.05 eV/Å: ASE BFGS and GPMin, the hybrid without a
+model (``fine_only``: its steps on fine results, as ``optimize --fine-only``), with the ring
+model pre-trained as in ``benchmarks/hybrid.py --quick`` (MD of rings 3 and 8), and from a
+cold start. Per start one line; the last line is one JSON object with, per optimiser, the
+total of fine calls, its ratio to BFGS's total, and the number of starts whose final
+energy is more than 10 meV above BFGS's.
+
+Usage: python benchmarks/hybrid_starts.py [--seeds 20-25] [--rings 4,5,6] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from functools import partial
+from pathlib import Path
+
+from ase.optimize import BFGS, GPMin
+from hybrid import FMAX, pretrain, run_peer, versus_bfgs, xtb_minimum
+from machine import machine_facts
+
+from oamlm_dist.cluster import get_client
+from oamlm_dist.optimize.hybrid import HybridOptimizer, HybridSettings, optimize_many
+from oamlm_dist.optimize.online import FineOnly
+from oamlm_dist.optimize.run import online_model
+from oamlm_dist.store import Store
+from oamlm_dist.structures import gold_thiolate_ring, rattle
+
+RATTLE = 0.15  # Å
+ABOVE_BFGS_MEV = 10.0  # the issue's bound on final energies
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", default="20-25", help="first-last seed of the rattle")
+    parser.add_argument("--rings", default="4,5,6")
+    parser.add_argument("--out", default="/tmp/oamlm-hybrid-bench")
+    args = parser.parse_args()
+    first, last = (int(v) for v in args.seeds.split("-"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    rows = {}
+    with get_client(n_workers=1, quiet=True) as client:
+        store, name = pretrain(out, client, quick=True)["ring"]
+        hybrids = {"fine_only": FineOnly,
+                   "hybrid_pretrained": partial(online_model, Store.open(store), name),
+                   "hybrid_cold": partial(online_model, Store.open(store), None)}
+        for n in (int(v) for v in args.rings.split(",")):
+            minimum = xtb_minimum(gold_thiolate_ring(n))
+            for seed in range(first, last + 1):
+                start = rattle(minimum, RATTLE, seed=seed)
+                row = {peer.__name__: run_peer(peer, start) for peer in (BFGS, GPMin)}
+                for label, new_model in hybrids.items():
+                    model = new_model() if label == "fine_only" else new_model([start], None)
+                    optimizer = HybridOptimizer(start, model, "xtb", {},
+                                                HybridSettings(fmax=FMAX),
+                                                name=f"Au{n}-{seed}-{label}")
+                    row[label] = optimize_many([optimizer], client)[0]
+                key = f"Au{n}-seed{seed}"
+                rows[key] = {label: {"fine_calls": r["fine_calls"], "converged": r["converged"],
+                                     **versus_bfgs(row["BFGS"], r)} for label, r in row.items()}
+                print(key, json.dumps({k: (v["fine_calls"], v["energy_minus_bfgs_meV"])
+                                       for k, v in rows[key].items()}), flush=True)
+    totals = {}
+    for label in next(iter(rows.values())):
+        entries = [row[label] for row in rows.values()]
+        totals[label] = {
+            "fine_calls": sum(e["fine_calls"] for e in entries),
+            "converged": sum(e["converged"] for e in entries),
+            "above_bfgs_by_more_than_10meV": sum(e["energy_minus_bfgs_meV"] > ABOVE_BFGS_MEV
+                                                 for e in entries)}
+    bfgs_total = totals["BFGS"]["fine_calls"]
+    for entry in totals.values():
+        entry["fine_call_ratio_vs_bfgs"] = round(bfgs_total / entry["fine_calls"], 2)
+    summary = {"benchmark": "hybrid_starts", "starts": len(rows), "rattle_A": RATTLE,
+               "fmax": FMAX, "totals": totals, "per_start": rows,
+               "wall_s": round(time.perf_counter() - started, 1), "machine": machine_facts()}
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
