@@ -105,10 +105,11 @@ def _cmd_optimize(args: argparse.Namespace) -> None:
     if args.max_uncertainty is not None and not args.ensemble:
         raise InputError("optimize: --max-uncertainty needs --ensemble NAME (the ensemble "
                          "whose uncertainty it limits)")
-    gate = {} if args.max_uncertainty is None else {"max_uncertainty": args.max_uncertainty}
+    given = {name: value for name, value in (("max_uncertainty", args.max_uncertainty),
+                                             ("agree_deg", args.agree_deg)) if value is not None}
     settings = HybridSettings(fmax=args.fmax, max_fine=args.max_fine, ml_maxstep=args.maxstep,
                               fine_timeout_s=args.fine_timeout, speculate=args.speculate,
-                              fine_gp=args.fine_gp, **gate)
+                              fine_gp=args.fine_gp, **given)
     with get_client(args.scheduler, n_workers=args.workers) as client:
         results = optimize(args.structures, args.store, client, args.calculator,
                            _parse_params(args.calc_param), settings, model=args.model,
@@ -365,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fine-bfgs", dest="fine_gp", action="store_false",
                    help="BFGS steps on fine results where the model disagrees (default: "
                         "GPMin's while its Gaussian process fits in about 300 MB)")
+    p.add_argument("--agree-deg", type=float, default=None, metavar="DEG",
+                   help="an ML round follows where the model's force changes agree with the "
+                        "fine ones to this angle (default 25)")
     p.add_argument("--fine-only", action="store_true",
                    help="no model: only the steps on fine results (with --fine-bfgs, BFGS's)")
     p.add_argument("--fine-timeout", type=float, default=None, metavar="SECONDS",

@@ -247,7 +247,8 @@ def test_learn_command_prints_iterations_and_a_json_summary(tmp_path, dask_clien
     write(tmp_path / "start.extxyz", au13(0.1, 4, forces=False))
     code = main(["optimize", str(tmp_path / "start.extxyz"), "--store", str(tmp_path / "s.zarr"),
                  "--calculator", "emt", "--scheme", "element", "--ensemble", "al",
-                 "--max-uncertainty", "0.5", "--out", str(tmp_path / "relax"), "--json",
+                 "--max-uncertainty", "0.5", "--agree-deg", "35",  # this tiny model needs it
+                 "--out", str(tmp_path / "relax"), "--json",
                  str(tmp_path / "relax.json"), "--scheduler", dask_client.scheduler.address])
     assert code == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["converged"]

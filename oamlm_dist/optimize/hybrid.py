@@ -95,7 +95,7 @@ class HybridSettings:
 
     def __post_init__(self):
         # Settings without a command-line option, checked here; those with one (fine_timeout_s,
-        # max_uncertainty) by out_of_range, so the error can name the option.
+        # max_uncertainty, agree_deg) by out_of_range, so the error can name the option.
         if not 0 < self.trust_min <= self.trust <= self.trust_max:
             raise InputError(f"HybridSettings: the trust radii must satisfy 0 < trust_min <= "
                              f"trust <= trust_max, got {self.trust_min}, {self.trust}, "
@@ -106,7 +106,8 @@ class HybridSettings:
 
     def out_of_range(self) -> tuple[str, float, str] | None:
         """The first setting that must be > 0 but is not: (field, value, unit), or None."""
-        for name, unit in (("fine_timeout_s", "s"), ("max_uncertainty", "eV/Å")):
+        for name, unit in (("fine_timeout_s", "s"), ("max_uncertainty", "eV/Å"),
+                           ("agree_deg", "°")):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 return name, value, unit

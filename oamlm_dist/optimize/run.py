@@ -17,7 +17,8 @@ from oamlm_dist.optimize.plots import plot_rounds
 from oamlm_dist.store import Store
 
 THIOLATE_ELEMENTS = {"Au", "S", "C", "H"}
-OPTIONS = {"fine_timeout_s": "--fine-timeout", "max_uncertainty": "--max-uncertainty"}
+OPTIONS = {"fine_timeout_s": "--fine-timeout", "max_uncertainty": "--max-uncertainty",
+           "agree_deg": "--agree-deg"}
 
 
 def online_model(store: Store, model: str | None, atoms_list, scheme: str | None

@@ -310,6 +310,8 @@ CASES = {
                                               ("{tmp}/s.zarr", "no oamlm-dist store here")),
     "optimize-negative-fine-timeout": Case(optimize(False, "--fine-timeout", "-1"),
                                            ("--fine-timeout must be > 0 s, got -1",)),
+    "optimize-zero-agreement-angle": Case(optimize(False, "--agree-deg", "0"),
+                                          ("--agree-deg must be > 0 °, got 0",)),
 }
 
 
