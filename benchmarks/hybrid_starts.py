@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from functools import partial
 from pathlib import Path
 
 from ase.optimize import BFGS, GPMin
@@ -49,17 +48,19 @@ def main() -> dict:
     rows = {}
     with get_client(n_workers=1, quiet=True) as client:
         store, name = pretrain(out, client, quick=True)["ring"]
-        hybrids = {"fine_only": FineOnly,
-                   "hybrid_pretrained": partial(online_model, Store.open(store), name),
-                   "hybrid_cold": partial(online_model, Store.open(store), None)}
+        # the model each variant starts from, per start geometry
+        hybrids = {"fine_only": lambda start: FineOnly(),
+                   "hybrid_pretrained": lambda start: online_model(Store.open(store), name,
+                                                                   [start], None),
+                   "hybrid_cold": lambda start: online_model(Store.open(store), None, [start],
+                                                             None)}
         for n in (int(v) for v in args.rings.split(",")):
             minimum = xtb_minimum(gold_thiolate_ring(n))
             for seed in range(first, last + 1):
                 start = rattle(minimum, RATTLE, seed=seed)
                 row = {peer.__name__: run_peer(peer, start) for peer in (BFGS, GPMin)}
                 for label, new_model in hybrids.items():
-                    model = new_model() if label == "fine_only" else new_model([start], None)
-                    optimizer = HybridOptimizer(start, model, "xtb", {},
+                    optimizer = HybridOptimizer(start, new_model(start), "xtb", {},
                                                 HybridSettings(fmax=FMAX),
                                                 name=f"Au{n}-{seed}-{label}")
                     row[label] = optimize_many([optimizer], client)[0]

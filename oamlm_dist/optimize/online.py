@@ -107,7 +107,6 @@ class FineOnly:
     them (``benchmarks/hybrid_starts.py``)."""
 
     ready = False
-    model = None
 
     def add(self, frames: list[Atoms], weight: float = 1.0) -> None:
         """Nothing is learnt."""
