@@ -99,7 +99,9 @@ class OptimizeStage:
     fine_timeout_s: float | None = None
     speculate: bool = True
     fine_gp: bool = True  # GPMin steps on fine results (False: BFGS)
-    use_model: bool = True
+    use_model: bool = True  # the fit stage's model (False, or no fit stage: a cold start)
+    fine_only: bool = False  # no model at all: only the steps on fine results
+    agree_deg: float | None = None  # ML rounds' agreement angle (None: HybridSettings')
     ensemble: str | None = None  # bootstrap ensemble of the store (from learn)
     max_uncertainty: float = 1.0  # eV/Å, ends an ML round with an ensemble
     out: str = "relax"
@@ -108,9 +110,11 @@ class OptimizeStage:
         """The stage's :class:`~oamlm_dist.optimize.hybrid.HybridSettings`."""
         from oamlm_dist.optimize.hybrid import HybridSettings
 
+        given = {} if self.agree_deg is None else {"agree_deg": self.agree_deg}
         return HybridSettings(fmax=self.fmax, max_fine=self.max_fine,
                               fine_timeout_s=self.fine_timeout_s, speculate=self.speculate,
-                              fine_gp=self.fine_gp, max_uncertainty=self.max_uncertainty)
+                              fine_gp=self.fine_gp, max_uncertainty=self.max_uncertainty,
+                              **given)
 
 
 @dataclass
@@ -245,6 +249,8 @@ def _check_optimize(path: Path, spec: OptimizeStage, store: str) -> None:
     if bad:
         name, value, unit = bad
         raise InputError(f"{path}: optimize.{name} must be > 0 {unit}, got {value}")
+    if spec.fine_only and spec.ensemble:
+        raise InputError(f"{path}: optimize.fine_only uses no model; drop optimize.ensemble")
     if spec.ensemble:  # campaigns have no learn stage: the ensemble must be there already
         try:
             found = len(ensemble_members(Store.open(store), spec.ensemble)) >= 2
@@ -312,10 +318,12 @@ def run_campaign(campaign: Campaign, client, log=print) -> dict:
             results[stage] = evaluate(campaign.store, campaign.fit.model, spec.test, client,
                                       method=spec.loss, plots=spec.plots)
         elif stage == "optimize":
-            model = campaign.fit.model if (spec.use_model and campaign.fit) else None
+            use_model = spec.use_model and campaign.fit and not spec.fine_only
             results[stage] = optimize(spec.structures, campaign.store, client, spec.calculator,
                                       spec.calc_params, spec.hybrid_settings(),
-                                      model=model, out_dir=spec.out, ensemble=spec.ensemble)
+                                      model=campaign.fit.model if use_model else None,
+                                      out_dir=spec.out, ensemble=spec.ensemble,
+                                      fine_only=spec.fine_only)
         Store.open(campaign.store, mode="a").mark_done(_stage_key(campaign), stage)
     return results
 

@@ -4,7 +4,9 @@ import json
 
 import pytest
 from ase.build import molecule
-from ase.io import write
+from ase.calculators.emt import EMT
+from ase.io import read, write
+from ase.optimize import BFGS
 
 from oamlm_dist.campaign import campaign_status, load_campaign, run_campaign
 from oamlm_dist.cli import main
@@ -18,7 +20,7 @@ sample: {{structures: "alkanes:2-3", calculator: emt, temperature: 300, steps: 2
 describe: {{scheme: element, soap: "r_cut=3,n_max=3,l_max=2", block_frames: 10}}
 fit: {{model: m, references: 40, frames: "name:*run0*"}}
 evaluate: {{test: [test.extxyz]}}
-optimize: {{structures: [start.extxyz], calculator: emt, fmax: {fmax}, out: relax}}
+optimize: {{structures: [start.extxyz], calculator: emt, fmax: {fmax}, out: relax{extra}}}
 """
 
 
@@ -37,6 +39,10 @@ optimize: {{structures: [start.extxyz], calculator: emt, fmax: {fmax}, out: rela
      "optimize.fine_timeout_s must be > 0"),
     ("store: s.zarr\noptimize: {structures: [a.xyz], ensemble: al}\n",
      "optimize.ensemble 'al': no such ensemble"),
+    ("store: s.zarr\noptimize: {structures: [a.xyz], agree_deg: 0}\n",
+     "optimize.agree_deg must be > 0"),
+    ("store: s.zarr\noptimize: {structures: [a.xyz], fine_only: true, ensemble: al}\n",
+     "optimize.fine_only uses no model; drop optimize.ensemble"),
 ])
 def test_bad_campaign_files_fail_in_one_line_before_running(tmp_path, capsys, text, message):
     path = tmp_path / "c.yaml"
@@ -50,13 +56,11 @@ def test_bad_campaign_files_fail_in_one_line_before_running(tmp_path, capsys, te
 def test_small_campaign_runs_reports_status_and_resumes(tmp_path, dask_client):
     write(str(tmp_path / "start.extxyz"), rattle(molecule("C3H8"), 0.05, seed=1))
     test_frame = rattle(molecule("C2H6"), 0.05, seed=2)
-    from ase.calculators.emt import EMT
-
     test_frame.calc = EMT()
     test_frame.get_forces()
     write(str(tmp_path / "test.extxyz"), test_frame)
     path = tmp_path / "c.yaml"
-    path.write_text(CAMPAIGN.format(fmax=0.1))
+    path.write_text(CAMPAIGN.format(fmax=0.1, extra=""))
     campaign = load_campaign(path)
     assert campaign_status(campaign)["stages"]["fit"] == {"done": False}
     results = run_campaign(campaign, dask_client, log=lambda _: None)
@@ -65,17 +69,28 @@ def test_small_campaign_runs_reports_status_and_resumes(tmp_path, dask_client):
     assert results["optimize"][0]["converged"]
     status = campaign_status(campaign)
     assert all(entry["done"] for entry in status["stages"].values())
-    # Simulate a kill during the last stage: its marker is missing, the rest are kept.
+    assert results["optimize"][0]["ml_calls"] > 0  # the fit stage's model was used
+    # Simulate a kill during the last stage: its marker is missing, the rest are kept. The
+    # stage is resumed without the model, on BFGS steps: exactly ASE BFGS's fine calls.
     store = Store.open(campaign.store, mode="a")
     del store.root["done/campaign/alkanes/optimize"]
+    path.write_text(CAMPAIGN.format(fmax=0.1, extra=", fine_only: true, fine_gp: false"))
     again = run_campaign(load_campaign(path), dask_client, log=lambda _: None)
     assert list(again) == ["optimize"]
     assert Store.open(campaign.store).n_frames() >= 4 * 20
+    reference = read(str(tmp_path / "start.extxyz"))
+    reference.calc = EMT()
+    bfgs = BFGS(reference, logfile=None)
+    bfgs.run(fmax=0.1)
+    [relaxed] = again["optimize"]
+    assert relaxed["converged"] and relaxed["ml_calls"] == 0
+    assert relaxed["fine_calls"] == bfgs.nsteps + 1  # a fine call per step and at the start
+    assert abs(relaxed["energy"] - reference.get_potential_energy()) < 1e-6
 
 
 def test_status_command_prints_json(tmp_path, capsys):
     path = tmp_path / "c.yaml"
-    path.write_text(CAMPAIGN.format(fmax=0.1))
+    path.write_text(CAMPAIGN.format(fmax=0.1, extra=""))
     assert main(["campaign", "status", str(path)]) == 0
     status = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(status["stages"]) == {"sample", "describe", "fit", "evaluate", "optimize"}
