@@ -11,7 +11,9 @@ the learnt model, from exact to deliberately wrong:
   20 / 40 degrees about a fixed random axis of its own, so the force *changes* are off by
   that angle everywhere, as the learnt directions' are near minima (about 30-70 degrees,
   ``benchmarks/force_changes.py``);
-* ``gfn1``: GFN1-xTB, a different parametrisation of the same physics.
+* ``gfn1``: GFN1-xTB, a different parametrisation of the same physics;
+* ``fine_only``: no model, the hybrid's steps on fine results alone (``optimize --fine-only``),
+  what a model has to beat.
 
 These "models" never learn (the online update is a no-op), so the counts show what the
 optimiser makes of a model of a given quality; the ML rounds are still corrected at every
@@ -45,10 +47,12 @@ from oamlm_dist.calculators import make_calculator
 from oamlm_dist.cluster import get_client
 from oamlm_dist.errors import OamlmError
 from oamlm_dist.optimize.hybrid import HybridOptimizer, HybridSettings, optimize_many
+from oamlm_dist.optimize.online import FineOnly
 
 MODELS = {"exact": ({}, 1.0, 0.0), "scaled_0.9": ({}, 0.9, 0.0), "scaled_0.7": ({}, 0.7, 0.0),
           "rotated_10": ({}, 1.0, 10.0), "rotated_20": ({}, 1.0, 20.0),
-          "rotated_40": ({}, 1.0, 40.0), "gfn1": ({"method": "GFN1-xTB"}, 1.0, 0.0)}
+          "rotated_40": ({}, 1.0, 40.0), "gfn1": ({"method": "GFN1-xTB"}, 1.0, 0.0),
+          "fine_only": None}
 
 
 class CalculatorModel:
@@ -93,8 +97,9 @@ def main() -> dict:
             start = ring_start(n)
             row = {"BFGS": run_peer(BFGS, start)}
             for label in labels:
-                optimizer = HybridOptimizer(start, CalculatorModel(*MODELS[label]), "xtb", {},
-                                            HybridSettings(fmax=FMAX), name=f"{name}-{label}")
+                model = FineOnly() if MODELS[label] is None else CalculatorModel(*MODELS[label])
+                optimizer = HybridOptimizer(start, model, "xtb", {}, HybridSettings(fmax=FMAX),
+                                            name=f"{name}-{label}")
                 result = optimize_many([optimizer], client)[0]
                 row[label] = {"fine_calls": result["fine_calls"], "energy": result["energy"],
                               "converged": result["converged"], "stopped": result["stopped"],

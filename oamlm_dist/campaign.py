@@ -98,7 +98,7 @@ class OptimizeStage:
     max_fine: int = 100
     fine_timeout_s: float | None = None
     speculate: bool = True
-    fine_gp: bool = True  # GPMin steps on fine results (False: BFGS)
+    fine_gp: bool = True  # Gaussian-process steps on fine results (False: BFGS)
     use_model: bool = True  # the fit stage's model (False, or no fit stage: a cold start)
     fine_only: bool = False  # no model at all: only the steps on fine results
     agree_deg: float | None = None  # ML rounds' agreement angle (None: HybridSettings')

@@ -365,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not relax on the ML model while a fine calculation runs")
     p.add_argument("--fine-bfgs", dest="fine_gp", action="store_false",
                    help="BFGS steps on fine results where the model disagrees (default: "
-                        "GPMin's while its Gaussian process fits in about 300 MB)")
+                        "a Gaussian process over inverse distances while it fits in about "
+                        "300 MB)")
     p.add_argument("--agree-deg", type=float, default=None, metavar="DEG",
                    help="an ML round follows where the model's force changes agree with the "
                         "fine ones to this angle (default 25)")

@@ -382,8 +382,8 @@ def _optimisation_lines(runs: list[dict], base: Path, fmax_target: float | None)
         return lines + ["No fine calculations in this store.", ""]
     lines += ["Energies and fmax (eV/Å, over all atoms) of the last fine calculation; "
               "*reached by* counts how each fine geometry was reached: `start`, `ml` (an ML-BFGS "
-              "round), `fine-step` (a GPMin or BFGS step on the fine results) or `backtrack` "
-              "(a step from the best point after an uphill ML round).", ""]
+              "round), `fine-step` (a Gaussian-process or BFGS step on the fine results) or "
+              "`backtrack` (a step from the best point after an uphill ML round).", ""]
     header = "| optimisation | calculator | fine calls | final energy (eV) | final fmax | " \
              "best energy (eV) | reached by |"
     if fmax_target is not None:

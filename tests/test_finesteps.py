@@ -3,10 +3,11 @@
 import numpy as np
 from ase.calculators.emt import EMT
 from ase.cluster import Icosahedron
-from ase.optimize import BFGS, GPMin
+from ase.optimize import BFGS
 
 from oamlm_dist.optimize import finesteps
-from oamlm_dist.optimize.finesteps import FineBFGS, FineGP, FineSteps
+from oamlm_dist.optimize.distance_gp import InverseDistanceGP
+from oamlm_dist.optimize.finesteps import FineBFGS, FineSteps
 from oamlm_dist.structures import rattle
 
 
@@ -36,13 +37,13 @@ def ase_visits(optimizer_class, start, steps: int) -> tuple[list[np.ndarray], li
     return [x for x, _ in atoms.calc.visited], [e for _, e in atoms.calc.visited]
 
 
-def own_visits(fine_steps, start, n_calls: int, from_best: bool, fmax: float | None = None
-               ) -> tuple[list[np.ndarray], list[float]]:
-    """Evaluate, update, step from the latest or the best point, as the hybrid does, for
-    ``n_calls`` calls or until the largest force is at most ``fmax``: the geometries
-    evaluated, and their energies."""
+def own_visits(fine_steps, start, n_calls: int, from_best: bool, fmax: float | None = None,
+               calculator=None) -> tuple[list[np.ndarray], list[float]]:
+    """Evaluate (with EMT unless ``calculator``), update, step from the latest or the best
+    point, as the hybrid does, for ``n_calls`` calls or until the largest force is at most
+    ``fmax``: the geometries evaluated, and their energies."""
     probe = start.copy()
-    probe.calc = EMT()
+    probe.calc = calculator or EMT()
     points, visited, energies = [], [], []
     for _ in range(n_calls):
         x, f = probe.get_positions().ravel(), probe.get_forces().ravel()
@@ -66,24 +67,16 @@ def test_fine_bfgs_takes_the_steps_of_ase_bfgs():
     np.testing.assert_allclose(np.array(mine), np.array(reference), atol=1e-10)
 
 
-def test_fine_gp_visits_the_geometries_of_ase_gpmin():
-    """To convergence, including GPMin's retry after an uphill point (it is learnt, and
-    the step redone from the best point)."""
-    start = start_structure(0.2, seed=1)
-    reference, energies = ase_visits(GPMin, start, steps=60)
-    assert (np.diff(energies) > 0).any()
-    assert max(energies) - min(energies) < finesteps.GP_PRIOR_CAP  # GPMin's prior rule
-    mine, _ = own_visits(FineGP(), start, len(reference), from_best=True)
-    np.testing.assert_allclose(np.array(mine), np.array(reference), atol=1e-7)
-
-
 def test_fine_steps_switch_to_bfgs_when_the_process_is_full(monkeypatch):
-    """With room for 4 points, the first 4 steps are GPMin's from the best point; later ones
-    are BFGS's from the latest point, with a Hessian updated by every point."""
+    """With room for 4 points, the first 4 steps are the process's from the best point; later
+    ones are BFGS's from the latest point, with a Hessian updated by every point."""
     monkeypatch.setattr(finesteps, "GP_MAX_ROWS", 4 * (3 * 13 + 1))
     start = start_structure(0.2, seed=1)
-    steps, shadow = FineSteps(3 * 13, maxstep=0.2), FineBFGS(3 * 13, maxstep=0.2)
-    reference, _ = ase_visits(GPMin, start, steps=4)
+    free = np.ones(13, bool)
+    steps = FineSteps(start.get_positions(), free, maxstep=0.2)
+    shadow = FineBFGS(3 * 13, maxstep=0.2)
+    reference, _ = own_visits(InverseDistanceGP(start.get_positions(), free), start, 4,
+                              from_best=True)
     probe = start.copy()
     probe.calc = EMT()
     points = []
@@ -101,27 +94,3 @@ def test_fine_steps_switch_to_bfgs_when_the_process_is_full(monkeypatch):
         else:
             np.testing.assert_allclose(steps.step(x, f), shadow.step(x, f), atol=1e-12)
         probe.set_positions((x + steps.step(x, f)).reshape(-1, 3))
-
-
-def calls_to_converge(start, limit: int = 60) -> tuple[int, float]:
-    """Fine calls of GPMin's steps (from the best point) until fmax <= 0.05, and the energy."""
-    visited, energies = own_visits(FineGP(), start, limit, from_best=True, fmax=0.05)
-    assert len(visited) < limit, f"no convergence in {limit} calls"  # stopped early: converged
-    return len(visited), energies[-1]
-
-
-def test_fine_gp_prior_cap_lengthens_the_steps_from_a_start_far_above(monkeypatch):
-    """A cluster compressed to 80 % starts about 40 eV above its minimum: with GPMin's prior
-    at that energy the steps stay short; capped, the same minimum takes fewer calls."""
-    start = start_structure(0.1, seed=1)
-    centre = start.get_center_of_mass()
-    start.positions = centre + 0.8 * (start.positions - centre)
-    cap = finesteps.GP_PRIOR_CAP
-    capped_calls, capped_energy = calls_to_converge(start)
-    monkeypatch.setattr(finesteps, "GP_PRIOR_CAP", np.inf)
-    gpmin_calls, gpmin_energy = calls_to_converge(start)
-    probe = start.copy()
-    probe.calc = EMT()
-    assert probe.get_potential_energy() - gpmin_energy > 3 * cap
-    assert capped_calls < gpmin_calls
-    assert abs(capped_energy - gpmin_energy) < 1e-3

@@ -335,8 +335,8 @@ def test_after_an_uphill_fine_step_the_ml_round_starts_from_the_best_point():
     assert np.linalg.norm(target - uphill, axis=1).max() > trust
 
 
-def test_gpmin_steps_that_go_uphill_twice_give_way_to_bfgs_steps():
-    """Fine energies made to rise at every call: the second GPMin step that ends above the
+def test_process_steps_that_go_uphill_twice_give_way_to_bfgs_steps():
+    """Fine energies made to rise at every call: the second process step that ends above the
     best point switches the fine steps to BFGS's, from the latest point, exactly the step of
     a BFGS fed the same fine points."""
     optimizer = HybridOptimizer(start_structure(), FineOnly(), "emt", name="switch")
@@ -349,7 +349,7 @@ def test_gpmin_steps_that_go_uphill_twice_give_way_to_bfgs_steps():
         following = optimizer.tell(result)
         assert optimizer.state.rounds[-1]["kind"] == ("start" if call == 0 else "fine-step")
         assert (optimizer.fine_steps.gp is None) is (call == 2), call
-        if call < 2:  # GPMin's steps start from the best point, the start
+        if call < 2:  # the process's steps start from the best point, the start
             assert optimizer.fine_steps.from_best
         x = following
     latest = optimizer.points[-1]
@@ -489,14 +489,15 @@ def test_max_uncertainty_without_an_ensemble_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags", [[], ["--fine-bfgs"]])
-def test_a_cold_start_steps_first_like_gpmin_or_with_fine_bfgs_like_bfgs(
+def test_a_cold_start_steps_first_on_the_process_or_with_fine_bfgs_like_bfgs(
         tmp_path, flags):
     """A cold model cannot predict the first fine point, so the second geometry is a step on
-    fine results alone: the first step ASE's GPMin (default) or BFGS takes from the start."""
+    fine results alone: the minimum of the distance process fitted to the start (default), or
+    the first step ASE's BFGS takes from it."""
     from ase.io import read, write
-    from ase.optimize import GPMin
 
     from oamlm_dist.cli import main
+    from oamlm_dist.optimize.distance_gp import InverseDistanceGP
 
     start = start_structure()
     write(tmp_path / "start.extxyz", start)
@@ -507,7 +508,13 @@ def test_a_cold_start_steps_first_like_gpmin_or_with_fine_bfgs_like_bfgs(
     fine = [a for a in read(tmp_path / "start-hybrid.traj", ":") if a.info["kind"] == "fine"]
     reference = start.copy()
     reference.calc = EMT()
-    (GPMin if not flags else BFGS)(reference, logfile=None).run(fmax=0.05, steps=1)
+    if flags:
+        BFGS(reference, logfile=None).run(fmax=0.05, steps=1)
+    else:
+        gp = InverseDistanceGP(start.positions, np.ones(len(start), bool))
+        x = start.positions.ravel()
+        gp.update(x, reference.get_potential_energy(), reference.get_forces().ravel())
+        reference.positions = (x + gp.step(x)).reshape(-1, 3)
     np.testing.assert_allclose(fine[1].positions, reference.positions, atol=1e-6)
 
 

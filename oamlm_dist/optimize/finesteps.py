@@ -3,24 +3,15 @@
 Two rules over the free coordinates, both fed every fine point of the run (those reached by
 ML rounds too):
 
-* :class:`FineGP` (the default): ASE's GPMin (del Río et al., Phys. Rev. B 100, 104103
-  (2019)). A Gaussian process with the squared-exponential kernel is fitted to the fine
-  energies and forces, with a constant prior at the highest energy seen, and the step goes
-  from the best point to the minimum of its posterior mean. On the rattled rings it needs
-  fewer fine calls than BFGS (``benchmarks/hybrid.py``).
-
-  Unlike GPMin, the prior is at most ``GP_PRIOR_CAP`` above the lowest energy. Away from
-  the data the posterior mean rises to the prior, so a prior far above the data confines
-  every step to the close neighbourhood of the points: a start with compressed bonds, tens of
-  eV above its minimum, leaves the end-game creeping 1-3 meV per fine call. On 12 rattled
-  rings Au4-6(SCH3)4-6 (0.15 Å, GFN2-xTB) GPMin alone needed 357 fine calls with its rule,
-  437 / 312 / 266 / 348 with the prior capped at 3 / 5 / 10 / 30 eV (BFGS 389; Au6 seed 20:
-  59 calls, 31 with the 10 eV cap); too low a prior extrapolates descents too far. Within
-  ``GP_PRIOR_CAP`` of the lowest energy the steps are GPMin's.
+* the default, a Gaussian process over inverse interatomic distances
+  (:class:`~oamlm_dist.optimize.distance_gp.InverseDistanceGP`), fitted to the fine energies
+  and forces, stepping from the best point to the minimum of its posterior mean as ASE's
+  GPMin does. On 18 rattled Au4-6(SCH3)n rings on GFN2-xTB it needed 248 fine calls where
+  GPMin's Cartesian kernel needed 417 and BFGS 630 (see that module).
 * :class:`FineBFGS`: ASE's BFGS update and step rules, from the latest point. Its memory is
   one Hessian, where the process's grows with the square of points × coordinates.
 
-:class:`FineSteps` takes GPMin's steps while the process fits in ``GP_MAX_ROWS`` and BFGS's
+:class:`FineSteps` takes the process's steps while it fits in ``GP_MAX_ROWS`` and BFGS's
 after that (its Hessian has learnt from every point all along). Dropping old points from the
 process instead would change its prior and lose the curvature it has learnt: on the rings
 that turned 21 fine calls into 100.
@@ -38,15 +29,9 @@ nothing changes.
 from __future__ import annotations
 
 import numpy as np
-from ase.optimize.gpmin.gp import GaussianProcess
-from ase.optimize.gpmin.kernel import SquaredExponential
-from ase.optimize.gpmin.prior import ConstantPrior
-from scipy.optimize import minimize
 
-# GPMin's defaults without hyper-parameter updates: weight (eV), scale (Å), noise
-GP_HYPERPARAMETERS = (1.0, 0.4, 0.001)
-# eV; the prior constant is the highest energy seen, but at most this above the lowest
-GP_PRIOR_CAP = 10.0
+from oamlm_dist.optimize.distance_gp import InverseDistanceGP
+
 # rows of the process's kernel matrix (points × (coordinates + 1)): 290 MB; 55 points of a
 # 36-atom ring, 12 of Au38(SCH3)24 with every atom free
 GP_MAX_ROWS = 6000
@@ -78,38 +63,15 @@ class FineBFGS:
         return dx * (self.maxstep / largest) if largest > self.maxstep else dx
 
 
-class FineGP:
-    """GPMin's model of the fine landscape and its step."""
-
-    def __init__(self):
-        self.gp = GaussianProcess(ConstantPrior(0.0), SquaredExponential())
-        self.gp.set_hyperparams(np.array(GP_HYPERPARAMETERS))
-        self.x: list[np.ndarray] = []
-        self.y: list[np.ndarray] = []  # energy, then its gradient
-
-    def update(self, x: np.ndarray, energy: float, f: np.ndarray) -> None:
-        self.x.append(x.copy())
-        self.y.append(np.append(energy, -f))
-        energies = [y[0] for y in self.y]
-        self.gp.prior.set_constant(min(max(energies), min(energies) + GP_PRIOR_CAP))
-        self.gp.train(np.array(self.x), np.array(self.y))
-
-    def step(self, x: np.ndarray, f: np.ndarray) -> np.ndarray:
-        """From ``x`` to the minimum of the posterior mean energy."""
-        def mean(r):
-            prediction = self.gp.predict(r)
-            return prediction[0], prediction[1:]
-
-        return minimize(mean, x, method="L-BFGS-B", jac=True).x - x
-
-
 class FineSteps:
     """GPMin's steps (``gp``) while the process fits in ``GP_MAX_ROWS`` and fewer than
     ``GP_UPHILL_LIMIT`` of them went uphill, BFGS's otherwise."""
 
-    def __init__(self, n_coords: int, maxstep: float, gp: bool = True):
+    def __init__(self, positions: np.ndarray, free: np.ndarray, maxstep: float,
+                 gp: bool = True):
+        n_coords = 3 * int(free.sum())
         self.bfgs = FineBFGS(n_coords, maxstep)
-        self.gp = FineGP() if gp else None
+        self.gp = InverseDistanceGP(positions, free) if gp else None
         self.gp_capacity = max(1, GP_MAX_ROWS // (n_coords + 1))  # points
         self.gp_uphill = 0
 
@@ -122,7 +84,7 @@ class FineSteps:
         self.bfgs.update(x, energy, f)
         if self.gp is None:
             return
-        if len(self.gp.x) < self.gp_capacity:
+        if len(self.gp) < self.gp_capacity:
             self.gp.update(x, energy, f)
         else:
             self.gp = None  # full: BFGS steps from here on, and its memory is freed

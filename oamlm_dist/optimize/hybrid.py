@@ -19,10 +19,10 @@ better than a constant residual (:mod:`.residual`). After a fine result:
   uphill), a new round from the best point instead;
 * after ``floor_failures`` uphill rounds at the smallest radius, the model's force changes
   are too coarse near this minimum: the run is finished on fine steps;
-* otherwise: a step on the fine results alone (:mod:`.finesteps`): by default GPMin's, from
-  the best point on a Gaussian process fitted to every fine energy and force so far, until
-  two of them went uphill; or BFGS's. In the worst case this is the plain fine optimiser
-  plus the rejected rounds.
+* otherwise: a step on the fine results alone (:mod:`.finesteps`): by default from the best
+  point to the minimum of a Gaussian process over inverse interatomic distances fitted to
+  every fine energy and force so far, until two of them went uphill; or BFGS's. In the worst
+  case this is the plain fine optimiser plus the rejected rounds.
 
 With a bootstrap ensemble (``ensemble=``), an ML round also ends where the ensemble's
 uncertainty of the surrogate exceeds ``max_uncertainty`` (:mod:`.uncertainty`): the
@@ -87,7 +87,7 @@ class HybridSettings:
     # the fine-minus-ML residual linear around the latest fine point, fitted to the previous
     # fine points (see residual.py), instead of constant, while the fit predicts new points
     linear_residual: bool = True
-    # fine steps from GPMin's model of all fine points (see finesteps.py) instead of BFGS
+    # fine steps from a Gaussian process of all fine points (see finesteps.py), not BFGS
     fine_gp: bool = True
     # after this many uphill ML rounds at the smallest trust radius the model's force
     # changes are too coarse for the end-game: the run is finished on fine steps (None: never)
@@ -205,8 +205,8 @@ class HybridOptimizer:
         self.trajectory_path = trajectory
         self.free = free_atoms(self.atoms)
         self.state = HybridState()
-        self.fine_steps = FineSteps(3 * int(self.free.sum()), self.settings.fine_maxstep,
-                                    gp=self.settings.fine_gp)
+        self.fine_steps = FineSteps(self.atoms.get_positions(), self.free,
+                                    self.settings.fine_maxstep, gp=self.settings.fine_gp)
         self.residual = (ResidualJacobian(self.free) if self.settings.linear_residual
                          else None)
         self.trust = TrustRegion(self.settings.trust, self.settings.trust_min,

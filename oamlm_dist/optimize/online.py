@@ -101,10 +101,10 @@ class OnlineModel:
 
 
 class FineOnly:
-    """No model: the hybrid optimiser then takes only its steps on the fine results (GPMin's,
-    or BFGS's), the steps it takes wherever a model disagrees. A model whose force changes
-    near the minima are 30-70° off, as the learnt ring models' are, saves no fine calls over
-    them (``benchmarks/hybrid_starts.py``)."""
+    """No model: the hybrid optimiser then takes only its steps on the fine results (the
+    distance process's, or BFGS's), the steps it takes wherever a model disagrees. A model
+    whose force changes near the minima are 30-70° off, as the learnt ring models' are, saves
+    no fine calls over them (``benchmarks/hybrid_starts.py``)."""
 
     ready = False
 
