@@ -459,8 +459,9 @@ def test_a_trained_bootstrap_ensemble_gates_the_rounds(dask_client, bfgs_referen
     model = cold_model()
     ensemble = ForceEnsemble.train(describe_frames(frames, model.spec), model.spec,
                                    FitSettings(references=30), members=3)
+    # agree_deg: a gate loose enough to let this cold model's rounds through
     optimizer = HybridOptimizer(start_structure(), model, "emt", name="bootstrap",
-                                settings=HybridSettings(max_uncertainty=0.1),
+                                settings=HybridSettings(max_uncertainty=0.1, agree_deg=35.0),
                                 ensemble=ensemble)
     result = optimize_many([optimizer], dask_client)[0]
     # The flat Au13 landscape: minima of different paths lie within about 2 meV.
