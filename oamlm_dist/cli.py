@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "300 MB)")
     p.add_argument("--agree-deg", type=float, default=None, metavar="DEG",
                    help="an ML round follows where the model's force changes agree with the "
-                        "fine ones to this angle (default 25)")
+                        "fine ones to this angle (default 10)")
     p.add_argument("--fine-only", action="store_true",
                    help="no model: only the steps on fine results (with --fine-bfgs, BFGS's)")
     p.add_argument("--fine-timeout", type=float, default=None, metavar="SECONDS",

@@ -204,7 +204,8 @@ def test_md_run_killed_inside_a_commit_resumes_identically(tmp_path, monkeypatch
 # ---- hybrid optimisation -------------------------------------------------------------------
 
 SOAP = "r_cut=4,n_max=3,l_max=2"
-SETTINGS = HybridSettings(ml_steps=20)
+# agree_deg: a gate loose enough for the cold models' rounds (the killed call is an ML one)
+SETTINGS = HybridSettings(ml_steps=20, agree_deg=35.0)
 KILLED_CALL = "au13-call3"  # its geometry comes from an ML round
 SLOW_S = 4.0
 
