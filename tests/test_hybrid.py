@@ -565,3 +565,19 @@ def test_inconsistent_trust_settings_are_refused_in_one_line(bad):
         HybridSettings(**bad)
     message = str(error.value)
     assert len(message.splitlines()) == 1 and next(iter(bad)) in message
+
+
+def test_optimize_command_defaults_are_the_hybrid_settings(capsys):
+    """The command line states its defaults without importing the optimiser; they must be
+    HybridSettings' own."""
+    from oamlm_dist.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["optimize", "a.xyz", "--store", "s.zarr"])
+    defaults = HybridSettings()
+    assert (args.fmax, args.max_fine, args.maxstep) == (defaults.fmax, defaults.max_fine,
+                                                        defaults.ml_maxstep)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["optimize", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"fine ones to this angle (default {defaults.agree_deg:g})" in text
