@@ -63,6 +63,7 @@ class InverseDistanceGP:
         self.dphi: list[np.ndarray] = []  # per point: ∂φ/∂x_i (pairs, 3); ∂φ/∂x_j is −that
         self.energy: list[float] = []
         self.gradient: list[np.ndarray] = []
+        self.K = np.empty((0, 0))  # kernel matrix of every point's energy and gradient
 
     def __len__(self) -> int:
         return len(self.energy)
@@ -105,42 +106,50 @@ class InverseDistanceGP:
         self.dphi.append(dphi)
         self.energy.append(float(energy))
         self.gradient.append(-np.asarray(forces, dtype=float))
-        self._fit()
+        self._grow_kernel()
+        self._solve()
 
-    def _fit(self) -> None:
-        n, dim = len(self), 3 * self.n_free
-        phi = np.array(self.phi)
-        diff = phi[:, None, :] - phi[None, :, :]  # φ_a − φ_b
-        k = self.weight2 * np.exp(-0.5 * (diff**2).sum(-1) / self.scale2)
-        # J_a^T (φ_a − φ_b), for every a, b
-        pulled = [[self._pull_back(self.dphi[a], diff[a, b]) for b in range(n)]
-                  for a in range(n)]
-        size = dim + 1
+    def _block(self, a: int, b: int) -> np.ndarray:
+        """Covariance of point a's (energy, gradient) with point b's."""
+        d = self.phi[a] - self.phi[b]
+        k = self.weight2 * np.exp(-0.5 * (d**2).sum() / self.scale2)
+        pulled_ab = self._pull_back(self.dphi[a], d)  # J_a^T (φ_a − φ_b)
+        pulled_ba = self._pull_back(self.dphi[b], -d)  # J_b^T (φ_b − φ_a)
+        size = 3 * self.n_free + 1
+        block = np.empty((size, size))
+        block[0, 0] = k
+        # cov(E_a, ∇E_b) = k J_b^T (φ_a − φ_b) / ℓ²; cov(∇E_a, E_b) = −k J_a^T (φ_a − φ_b) / ℓ²
+        block[0, 1:] = -k * pulled_ba / self.scale2
+        block[1:, 0] = -k * pulled_ab / self.scale2
+        block[1:, 1:] = k * (self._jacobian_product(self.dphi[a], self.dphi[b]) / self.scale2
+                             + np.outer(pulled_ab, pulled_ba) / self.scale2**2)
+        return block
+
+    def _grow_kernel(self) -> None:
+        """Border the kernel matrix with the newest point's blocks; the older ones stay."""
+        n, size = len(self), 3 * self.n_free + 1
+        column = np.vstack([self._block(a, n - 1) for a in range(n)])
+        column[-size:][np.diag_indices(size)] += np.r_[HYPERPARAMETERS[2] ** 2,
+                                                       np.full(size - 1, HYPERPARAMETERS[3] ** 2)]
         K = np.empty((n * size, n * size))
-        for a in range(n):
-            for b in range(a, n):
-                block = np.empty((size, size))
-                block[0, 0] = k[a, b]
-                # cov(E_a, ∇E_b) = k J_b^T (φ_a − φ_b) / ℓ²; cov(∇E_a, E_b) = −k J_a^T (...)
-                block[0, 1:] = -k[a, b] * pulled[b][a] / self.scale2
-                block[1:, 0] = -k[a, b] * pulled[a][b] / self.scale2
-                block[1:, 1:] = k[a, b] * (
-                    self._jacobian_product(self.dphi[a], self.dphi[b]) / self.scale2
-                    + np.outer(pulled[a][b], pulled[b][a]) / self.scale2**2)
-                K[a * size:(a + 1) * size, b * size:(b + 1) * size] = block
-                K[b * size:(b + 1) * size, a * size:(a + 1) * size] = block.T
-        noise = np.tile(np.r_[HYPERPARAMETERS[2] ** 2, np.full(dim, HYPERPARAMETERS[3] ** 2)], n)
-        K[np.diag_indices_from(K)] += noise
+        K[:-size, :-size] = self.K
+        K[:, -size:] = column
+        K[-size:, :-size] = column[:-size].T
+        self.K = K
+
+    def _solve(self) -> None:
+        """The weights of the posterior mean, for the prior at the current energies."""
+        n, size = len(self), 3 * self.n_free + 1
         energies = np.array(self.energy)
         self.prior = min(energies.max(), energies.min() + PRIOR_CAP)
         y = np.concatenate([np.r_[e - self.prior, g]
                             for e, g in zip(energies, self.gradient, strict=True)])
-        alpha = cho_solve(cho_factor(K), y).reshape(n, size)
+        alpha = cho_solve(cho_factor(self.K), y).reshape(n, size)
         self.alpha_energy = alpha[:, 0]
         # J_b α_b of the gradient weights, over the pairs: the mean needs only these
         self.alpha_pairs = np.array([self._push_forward(self.dphi[b], alpha[b, 1:])
                                      for b in range(n)])
-        self.phi_data = phi
+        self.phi_data = np.array(self.phi)
 
     def mean(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         """Posterior mean energy at ``x`` and its gradient over the free coordinates."""

@@ -64,7 +64,7 @@ class FineBFGS:
 
 
 class FineSteps:
-    """GPMin's steps (``gp``) while the process fits in ``GP_MAX_ROWS`` and fewer than
+    """The process's steps (``gp``) while it fits in ``GP_MAX_ROWS`` and fewer than
     ``GP_UPHILL_LIMIT`` of them went uphill, BFGS's otherwise."""
 
     def __init__(self, positions: np.ndarray, free: np.ndarray, maxstep: float,
@@ -77,7 +77,7 @@ class FineSteps:
 
     @property
     def from_best(self) -> bool:
-        """GPMin's steps start from the best point, BFGS's from the latest one."""
+        """The process's steps start from the best point, BFGS's from the latest one."""
         return self.gp is not None
 
     def update(self, x: np.ndarray, energy: float, f: np.ndarray) -> None:
