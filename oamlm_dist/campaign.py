@@ -91,30 +91,32 @@ class EvaluateStage:
 
 @dataclass
 class OptimizeStage:
+    """Keys set to None (or left out) take :class:`~oamlm_dist.optimize.hybrid.HybridSettings`'
+    defaults; the optimiser is not imported to load a campaign file."""
+
     structures: list[str]
     calculator: str = "xtb"
     calc_params: dict = field(default_factory=dict)
-    fmax: float = 0.05
-    max_fine: int = 100
-    fine_timeout_s: float | None = None
-    speculate: bool = True
-    fine_gp: bool = True  # Gaussian-process steps on fine results (False: BFGS)
+    fmax: float | None = None  # eV/Å, on fine forces
+    max_fine: int | None = None
+    fine_timeout_s: float | None = None  # None: no time limit
+    speculate: bool | None = None
+    fine_gp: bool | None = None  # Gaussian-process steps on fine results (False: BFGS)
     use_model: bool = True  # the fit stage's model (False, or no fit stage: a cold start)
     fine_only: bool = False  # no model at all: only the steps on fine results
-    agree_deg: float | None = None  # ML rounds' agreement angle (None: HybridSettings')
+    agree_deg: float | None = None  # ML rounds' agreement angle
     ensemble: str | None = None  # bootstrap ensemble of the store (from learn)
-    max_uncertainty: float = 1.0  # eV/Å, ends an ML round with an ensemble
+    max_uncertainty: float | None = None  # eV/Å, ends an ML round with an ensemble
     out: str = "relax"
 
     def hybrid_settings(self):
         """The stage's :class:`~oamlm_dist.optimize.hybrid.HybridSettings`."""
         from oamlm_dist.optimize.hybrid import HybridSettings
 
-        given = {} if self.agree_deg is None else {"agree_deg": self.agree_deg}
-        return HybridSettings(fmax=self.fmax, max_fine=self.max_fine,
-                              fine_timeout_s=self.fine_timeout_s, speculate=self.speculate,
-                              fine_gp=self.fine_gp, max_uncertainty=self.max_uncertainty,
-                              **given)
+        names = ("fmax", "max_fine", "fine_timeout_s", "speculate", "fine_gp", "agree_deg",
+                 "max_uncertainty")
+        given = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        return HybridSettings(**given)
 
 
 @dataclass

@@ -53,6 +53,19 @@ def test_bad_campaign_files_fail_in_one_line_before_running(tmp_path, capsys, te
     assert not (tmp_path / "s.zarr").exists()
 
 
+def test_optimize_stage_takes_the_hybrid_settings_defaults_and_passes_given_keys(tmp_path):
+    from oamlm_dist.optimize.hybrid import HybridSettings
+
+    path = tmp_path / "c.yaml"
+    path.write_text("store: s.zarr\noptimize: {structures: [a.xyz]}\n")
+    assert load_campaign(path).optimize.hybrid_settings() == HybridSettings()
+    given = {"fmax": 0.02, "max_fine": 7, "fine_timeout_s": 60.0, "speculate": False,
+             "fine_gp": False, "agree_deg": 20.0, "max_uncertainty": 0.3}
+    path.write_text("store: s.zarr\noptimize: " + json.dumps({"structures": ["a.xyz"], **given}))
+    settings = load_campaign(path).optimize.hybrid_settings()
+    assert {name: getattr(settings, name) for name in given} == given
+
+
 def test_small_campaign_runs_reports_status_and_resumes(tmp_path, dask_client):
     write(str(tmp_path / "start.extxyz"), rattle(molecule("C3H8"), 0.05, seed=1))
     test_frame = rattle(molecule("C2H6"), 0.05, seed=2)
