@@ -29,14 +29,12 @@ import argparse
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
-from hybrid import pretrain, xtb_minimum
+from hybrid import add_ring_model_options, ring_model, xtb_minimum
 from machine import machine_facts
 
 from oamlm_dist.calculators import fine_single_point
-from oamlm_dist.cluster import get_client
 from oamlm_dist.forcefield import ForceModel
 from oamlm_dist.models.oamlm import weighted_angle_deg
 from oamlm_dist.structures import gold_thiolate_ring
@@ -98,21 +96,10 @@ def main() -> dict:
     parser.add_argument("--directions", type=int, default=3)
     parser.add_argument("--generic", type=float, default=0.02,
                         help="Å, random move of the minimum for the generic point")
-    parser.add_argument("--out", default="/tmp/oamlm-hybrid-bench",
-                        help="where the model is pre-trained (without --model)")
-    parser.add_argument("--store", help="store of --model")
-    parser.add_argument("--model", help="a trained ring model instead of the pre-trained one")
+    add_ring_model_options(parser)
     args = parser.parse_args()
-    if bool(args.store) != bool(args.model):
-        parser.error("--store and --model go together")
     started = time.perf_counter()
-    if args.model:
-        store, name = args.store, args.model
-    else:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        with get_client() as client:
-            store, name = pretrain(out, client, quick=True)["ring"]
+    store, name = ring_model(parser, args)
     learnt = ForceModel.load(store, name)
     models = {"learnt": lambda a: learnt.predict(a)["forces"],
               "gfn1": xtb_forces({"method": "GFN1-xTB"})}

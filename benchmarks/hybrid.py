@@ -131,6 +131,29 @@ def pretrain(out: Path, client, quick: bool) -> dict[str, tuple[str, str]]:
     return models
 
 
+def add_ring_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--store``/``--model`` (a trained ring model), else ``--out`` for the pre-trained one."""
+    parser.add_argument("--out", default="/tmp/oamlm-hybrid-bench",
+                        help="where the ring model is pre-trained (without --model)")
+    parser.add_argument("--store", help="store of --model")
+    parser.add_argument("--model", help="a trained ring model instead of the pre-trained one")
+
+
+def ring_model(parser: argparse.ArgumentParser, args, client=None) -> tuple[str, str]:
+    """(store, model) of ``--store``/``--model``, or of the ring model of ``--quick``
+    pre-trained under ``--out`` (reused when there)."""
+    if bool(args.store) != bool(args.model):
+        parser.error("--store and --model go together")
+    if args.model:
+        return args.store, args.model
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if client is None:
+        with get_client() as own:
+            return pretrain(out, own, quick=True)["ring"]
+    return pretrain(out, client, quick=True)["ring"]
+
+
 def main() -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="two rings, short MD")
