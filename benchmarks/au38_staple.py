@@ -11,16 +11,18 @@ The model is trained on GFN1-xTB MD of the relaxed cluster (``--md-steps`` steps
 every 2nd frame; thiolate scheme, K = ``--references``), so it has seen the intact cluster
 but never the stretched staple (with GPAW, never the fine level either: the residual
 correction and the online updates bring it in). ``--trained STORE`` reuses a store this
-script trained. Both optimisers stop at fine fmax <= 0.05 eV/Å on the free atoms or after
-``--max-fine`` fine calls; ASE BFGS gets ``maxstep`` 0.05 Å as the hybrid's ML rounds (seed
-000 sec. III D). A GPAW call on this cluster takes minutes on one core, so ``--only hybrid``
-and ``--only bfgs`` run the two optimisers as separate processes side by side (one core
-each); ``energy_per_call`` then compares their descent at equal fine-call budgets. The last
-line is one JSON object with fine calls, energies and wall times.
+script trained. ``--fine-only`` runs the hybrid without a model (nothing is trained): its
+steps on fine results alone, as ``optimize --fine-only``. Both optimisers stop at fine fmax
+<= 0.05 eV/Å on the free atoms or after ``--max-fine`` fine calls; ASE BFGS gets ``maxstep``
+0.05 Å as the hybrid's ML rounds (seed 000 sec. III D). A GPAW call on this cluster takes
+minutes on one core, so ``--only hybrid`` and ``--only bfgs`` run the two optimisers as
+separate processes side by side (one core each); ``energy_per_call`` then compares their
+descent at equal fine-call budgets. The last line is one JSON object with fine calls,
+energies and wall times.
 
 Usage: python benchmarks/au38_staple.py [--md-steps 120] [--references 600] [--out DIR]
            [--trained STORE] [--fine gfn1|gpaw] [--basis dzp] [--max-fine 100]
-           [--only hybrid|bfgs]
+           [--only hybrid|bfgs] [--fine-only]
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from oamlm_dist.calculators import ensure_cell
 from oamlm_dist.cluster import get_client
 from oamlm_dist.describe import describe
 from oamlm_dist.optimize.hybrid import HybridOptimizer, HybridSettings, optimize_many
+from oamlm_dist.optimize.online import FineOnly
 from oamlm_dist.optimize.run import online_model
 from oamlm_dist.sample import MDSettings, sample
 from oamlm_dist.store import Store
@@ -86,6 +89,8 @@ def main() -> dict:
     parser.add_argument("--basis", default="dzp", help="GPAW LCAO basis")
     parser.add_argument("--max-fine", type=int, default=HybridSettings.max_fine)
     parser.add_argument("--only", choices=("hybrid", "bfgs"))
+    parser.add_argument("--fine-only", action="store_true",
+                        help="the hybrid without a model: its steps on fine results alone")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,22 +105,24 @@ def main() -> dict:
                "max_fine": args.max_fine}
     results = {}
     if args.only != "bfgs":
-        store, model = args.trained, "au38"
+        store = args.trained
         with get_client(n_workers=1 if args.only else None, quiet=True) as client:
-            if store is None:
+            if store is None and not args.fine_only:
                 store = str(out / "au38.zarr")
                 t = time.perf_counter()
                 train(store, args.md_steps, args.references, client)
                 summary.update({"train_s": round(time.perf_counter() - t, 1),
                                 "md_steps": args.md_steps, "references": args.references})
+            model = (FineOnly() if args.fine_only
+                     else online_model(Store.open(store), "au38", [start], None))
             optimizer = HybridOptimizer(
-                start, online_model(Store.open(store), model, [start], None), calculator,
-                params, HybridSettings(fmax=FMAX, ml_maxstep=0.05, max_fine=args.max_fine),
+                start, model, calculator, params,
+                HybridSettings(fmax=FMAX, ml_maxstep=0.05, max_fine=args.max_fine),
                 name="au38-staple")
             results["hybrid"] = optimize_many([optimizer], client, on_round=progress)[0]
         results["hybrid"]["energy_per_call"] = [p.energy for p in optimizer.points]
         print("hybrid", json.dumps(results["hybrid"]), flush=True)
-        summary["trained"] = store
+        summary["trained"] = None if args.fine_only else store
     if args.only != "hybrid":
         results["BFGS"] = run_peer(BFGS, start, calculator, params, max_calls=args.max_fine,
                                    energy_per_call=True, maxstep=0.05, logfile="-")
