@@ -106,11 +106,12 @@ def versus_bfgs(bfgs: dict, result: dict) -> dict:
             "energy_minus_bfgs_meV": round(1000 * (result["energy"] - bfgs["energy"]), 2)}
 
 
-def against_bfgs(bfgs: dict, hybrid: dict) -> dict:
-    """BFGS's and the hybrid's results on one system, with the fine-call ratio."""
+def against_bfgs(bfgs: dict, hybrid: dict, label: str = "hybrid_pretrained") -> dict:
+    """BFGS's and the hybrid's results on one system (the hybrid's under ``label``), with
+    the fine-call ratio."""
     return {"BFGS": bfgs,
-            "hybrid_pretrained": {k: hybrid[k] for k in ("fine_calls", "ml_calls", "energy",
-                                                          "converged", "wall_s", "fine_wall_s")},
+            label: {k: hybrid[k] for k in ("fine_calls", "ml_calls", "energy", "converged",
+                                           "wall_s", "fine_wall_s")},
             **versus_bfgs(bfgs, hybrid)}
 
 
