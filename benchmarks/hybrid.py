@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -149,10 +150,8 @@ def ring_model(parser: argparse.ArgumentParser, args, client=None) -> tuple[str,
         return args.store, args.model
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if client is None:
-        with get_client() as own:
-            return pretrain(out, own, quick=True)["ring"]
-    return pretrain(out, client, quick=True)["ring"]
+    with get_client() if client is None else nullcontext(client) as cluster_client:
+        return pretrain(out, cluster_client, quick=True)["ring"]
 
 
 def main() -> dict:

@@ -91,8 +91,8 @@ class EvaluateStage:
 
 @dataclass
 class OptimizeStage:
-    """Keys set to None (or left out) take :class:`~oamlm_dist.optimize.hybrid.HybridSettings`'
-    defaults; the optimiser is not imported to load a campaign file."""
+    """Keys it shares with :class:`~oamlm_dist.optimize.hybrid.HybridSettings`, set to None
+    or left out, take that class's defaults."""
 
     structures: list[str]
     calculator: str = "xtb"
@@ -113,10 +113,10 @@ class OptimizeStage:
         """The stage's :class:`~oamlm_dist.optimize.hybrid.HybridSettings`."""
         from oamlm_dist.optimize.hybrid import HybridSettings
 
-        names = ("fmax", "max_fine", "fine_timeout_s", "speculate", "fine_gp", "agree_deg",
-                 "max_uncertainty")
-        given = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
-        return HybridSettings(**given)
+        shared = ({f.name for f in dataclasses.fields(self)}
+                  & {f.name for f in dataclasses.fields(HybridSettings)})
+        return HybridSettings(**{name: getattr(self, name) for name in shared
+                                 if getattr(self, name) is not None})
 
 
 @dataclass
